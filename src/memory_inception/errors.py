@@ -1,0 +1,23 @@
+"""One exception base class: every message says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class MemoryInceptionError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class BankError(MemoryInceptionError, ValueError):
+    """A bank could not be built, loaded or used (bad text, file, layers or model)."""
+
+
+class SiteError(MemoryInceptionError, ValueError):
+    """Sites do not fit the model or the banks (layer or head out of range, missing bank layers)."""
+
+
+class SteeringError(MemoryInceptionError, ValueError):
+    """A steering configuration is invalid or cannot be applied to this model."""
+
+
+class ModelLoadError(MemoryInceptionError, ValueError):
+    """A model name or path could not be resolved or loaded."""

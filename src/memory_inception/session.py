@@ -1,0 +1,79 @@
+"""Sessions (spec section 9): a multi-turn chat whose KV cache persists and whose guidance can change."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from .injection import inject
+from .steering import Steering
+
+logger = logging.getLogger(__name__)
+
+
+class Session:
+    """A chat with one model: the transcript and its KV cache live across turns.
+
+    Assigning `session.steering` between turns changes the guidance; the transcript and the cache are
+    untouched (banks never enter either).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, steering: Steering | None = None, system: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.steering = steering
+        self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        self.cache = DynamicCache()
+        self.cache_ids: list[int] = []  # the visible tokens whose K/V the cache holds, in order
+
+    def send(self, text: str, **generation_options: Any) -> str:
+        """Add a user turn, generate the assistant's reply (greedy, 128 new tokens unless told), return it."""
+        self.messages.append({"role": "user", "content": text})
+        ids = self._render()
+        keep = _common_prefix(ids, self.cache_ids)
+        keep = min(keep, len(ids) - 1)  # generate needs at least one new token to read
+        if keep < self.cache.get_seq_length():
+            self.cache.crop(keep)
+        options = {"max_new_tokens": 128, "do_sample": False, **generation_options}
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([ids], device=device)
+        with torch.no_grad(), inject(self.model, self.steering):
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                past_key_values=self.cache,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **options,
+            )
+        new = output[0, len(ids) :].tolist()
+        self.cache_ids = (ids + new)[: self.cache.get_seq_length()]
+        reply = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        self.messages.append({"role": "assistant", "content": reply})
+        return reply
+
+    def transcript(self) -> str:
+        """The visible conversation as the model reads it (chat template applied)."""
+        return self.tokenizer.apply_chat_template(self.messages, tokenize=False)
+
+    def reset(self) -> None:
+        """Forget the conversation (keeps the system message and the steering)."""
+        self.messages = [m for m in self.messages if m["role"] == "system"]
+        self.cache = DynamicCache()
+        self.cache_ids = []
+
+    def _render(self) -> list[int]:
+        rendered = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
