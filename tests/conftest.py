@@ -59,3 +59,38 @@ def tiny_models():
         return cache[(arch, attn)]
 
     return get
+
+
+WORDS = (
+    "you are a cheerful pirate who loves the sea and speaks with great joy . be brief kind calm honest "
+    "curious careful answer every question in one short sentence hello how is weather today tell me about "
+    "cats dogs ships math what do like to eat please thanks yes no maybe always never very quite rather "
+    "friendly grumpy quiet loud persona : reply with energy"
+).split()
+
+
+def make_tiny_tokenizer():
+    """A word-level fast tokenizer (vocab < 128) with a chat template, for bank and session tests."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)))}
+    assert len(vocab) <= 128
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="<|end|>",
+        additional_special_tokens=specials[2:],
+    )
+    fast.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+    )
+    fast.padding_side = "left"
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tiny_tokenizer()

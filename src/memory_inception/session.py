@@ -36,8 +36,9 @@ class Session:
         ids = self._render()
         keep = _common_prefix(ids, self.cache_ids)
         keep = min(keep, len(ids) - 1)  # generate needs at least one new token to read
-        if keep < self.cache.get_seq_length():
-            self.cache.crop(keep)
+        surplus = self.cache.get_seq_length() - keep
+        if surplus > 0:
+            self.cache.crop(-surplus)
         options = {"max_new_tokens": 128, "do_sample": False, **generation_options}
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], device=device)
