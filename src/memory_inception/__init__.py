@@ -5,10 +5,7 @@ from __future__ import annotations
 from .banks import Bank, build_bank
 from .errors import BankError, MemoryInceptionError, ModelLoadError, SiteError, SteeringError
 from .injection import Injection, inject
-try:  # TEMP until models.py lands
-    from .models import available_models, load_model
-except ImportError:
-    pass
+from .models import available_models, load_model
 from .scoring import continuation_logprobs
 from .session import Session
 from .sites import Sites

@@ -1,0 +1,299 @@
+"""`mi`: build banks, generate and chat with steering, and the side-by-side demo. Thin: parse, call, format."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .banks import Bank, build_bank
+from .errors import MemoryInceptionError
+from .sites import Sites
+from .steering import DEFAULT_RHO, Steering
+
+app = typer.Typer(help="Memory Inception: steer language models with text banks.", no_args_is_help=True)
+bank_app = typer.Typer(help="Build and inspect banks.", no_args_is_help=True)
+app.add_typer(bank_app, name="bank")
+console = Console()
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name, local directory or .gguf path (default: smollm2-135m-instruct).")]
+LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Layers, e.g. '21-26' or '3,5,7' (default: the sites default, 6 layers from 70% depth).")]
+RhoOpt = Annotated[float, typer.Option("--rho", help="Total steering strength.")]
+TokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")]
+
+
+def parse_layers(spec: str | None) -> list[int] | None:
+    """'21-26' -> [21..26]; '3,5,7' -> [3, 5, 7]; None -> None."""
+    if spec is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-")
+                out += range(int(lo), int(hi) + 1)
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise typer.BadParameter(f"cannot read layers {spec!r}; write e.g. '21-26' or '3,5,7'") from None
+    return out
+
+
+def _read_text(text: str) -> str:
+    """TEXT, or the contents of the file when TEXT is '@path'."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise typer.BadParameter(f"no file {path} (TEXT starting with '@' names a file)")
+        return path.read_text()
+    return text
+
+
+def _load(model_name: str | None):
+    from .models import load_model
+
+    with console.status(f"loading {model_name or 'the default model'}..."):
+        return load_model(model_name)
+
+
+def _bank(model, tok, spec: str, layers: list[int] | None) -> Bank:
+    """A bank from a file path, or built on the fly from text."""
+    if Path(spec).suffix == ".safetensors" or Path(spec).is_file():
+        return Bank.load(spec, model=model)
+    return build_bank(model, tok, _read_text(spec), layers=layers)
+
+
+def _sites(model, layers: list[int] | None, sites_file: Path | None) -> Sites | None:
+    if sites_file is not None:
+        return Sites.load(sites_file)
+    return Sites({layer: None for layer in layers}) if layers else None
+
+
+def _chat_ids(tok, prompt: str, system: str | None = None):
+    import torch
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+
+
+def _generate(model, tok, prompt: str, steering: Steering | None, max_new_tokens: int, system: str | None = None) -> str:
+    import torch
+
+    from .injection import inject
+
+    ids = _chat_ids(tok, prompt, system)
+    with torch.no_grad(), inject(model, steering):
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+@bank_app.command("build")
+def bank_build(
+    text: Annotated[str, typer.Argument(help="Guidance text, or @file to read it from a file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bank file to write (.safetensors).")],
+    model: ModelOpt = None,
+    layers: LayersOpt = None,
+    name: Annotated[Optional[str], typer.Option(help="Bank name (default: from the text).")] = None,
+    template: Annotated[Optional[list[str]], typer.Option(help="Template(s) with {descriptor}; repeatable.")] = None,
+    variants: Annotated[str, typer.Option(help="full | lines")] = "full",
+    keep: Annotated[str, typer.Option(help="descriptor | all")] = "descriptor",
+    pooling: Annotated[str, typer.Option(help="concat | mean")] = "concat",
+    chat_template: Annotated[bool, typer.Option(help="Render as a system message with the chat template.")] = True,
+) -> None:
+    """Build a bank from TEXT and save it."""
+    try:
+        m, tok = _load(model)
+        bank = build_bank(
+            m, tok, _read_text(text), layers=parse_layers(layers), name=name,
+            templates=tuple(template) if template else ("{descriptor}",), variants=variants, keep=keep,
+            pooling=pooling, chat_template=chat_template,
+        )
+        path = bank.save(output)
+    except MemoryInceptionError as exc:
+        _fail(exc)
+    console.print(f"wrote {path}: bank {bank.name!r}, {bank.num_slots} slots x {len(bank.layers)} layers, {bank.nbytes:,} bytes")
+
+
+@bank_app.command("info")
+def bank_info(path: Annotated[Path, typer.Argument(help="A bank file.")]) -> None:
+    """Show a bank file's metadata."""
+    try:
+        bank = Bank.load(path)
+    except MemoryInceptionError as exc:
+        _fail(exc)
+    table = Table(show_header=False)
+    for key, value in (
+        ("name", bank.name), ("slots", bank.num_slots), ("layers", ",".join(map(str, bank.layers))),
+        ("kv heads x head dim", f"{bank.num_kv_heads} x {bank.head_dim}"), ("dtype", str(bank.dtype)),
+        ("bytes", f"{bank.nbytes:,}"), ("model fingerprint", bank.fingerprint), ("options", str(bank.options)),
+        ("text", bank.text or "(token ids)"),
+    ):
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def models() -> None:
+    """List the model names `--model` accepts (besides local directories and .gguf paths)."""
+    from .models import available_models
+
+    for name in available_models():
+        console.print(name)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    bank: Annotated[Optional[str], typer.Option("--bank", "-b", help="Target bank: a bank file or guidance text.")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Reference bank (steer away from it): file or text.")] = None,
+    aux: Annotated[Optional[list[str]], typer.Option(help="Auxiliary bank FILE_OR_TEXT=GAIN; repeatable.")] = None,
+    model: ModelOpt = None,
+    layers: LayersOpt = None,
+    sites: Annotated[Optional[Path], typer.Option(help="Sites JSON (e.g. from `mi select`).")] = None,
+    rho: RhoOpt = DEFAULT_RHO,
+    prefill: Annotated[str, typer.Option(help="last | all | none")] = "last",
+    system: Annotated[Optional[str], typer.Option(help="A visible system message.")] = None,
+    max_new_tokens: TokensOpt = 96,
+) -> None:
+    """Generate a reply to PROMPT, steered by banks (greedy)."""
+    try:
+        m, tok = _load(model)
+        layer_list = parse_layers(layers)
+        auxiliary = []
+        for item in aux or []:
+            spec, _, gain = item.rpartition("=")
+            if not spec:
+                raise typer.BadParameter(f"--aux takes FILE_OR_TEXT=GAIN, got {item!r}")
+            auxiliary.append((_bank(m, tok, spec, None), float(gain)))
+        steering = Steering(
+            target=_bank(m, tok, bank, None) if bank else None,
+            reference=_bank(m, tok, reference, None) if reference else None,
+            auxiliary=auxiliary, sites=_sites(m, layer_list, sites), rho=rho, prefill=prefill,
+        )
+        console.print(_generate(m, tok, prompt, steering, max_new_tokens, system), markup=False)
+    except MemoryInceptionError as exc:
+        _fail(exc)
+
+
+@app.command()
+def chat(
+    bank: Annotated[Optional[str], typer.Option("--bank", "-b", help="Initial target bank: file or text.")] = None,
+    model: ModelOpt = None,
+    layers: LayersOpt = None,
+    rho: RhoOpt = DEFAULT_RHO,
+    max_new_tokens: TokensOpt = 128,
+) -> None:
+    """Chat in the terminal. Commands: /bank FILE_OR_TEXT, /bank off, /rho X, /reset, /quit."""
+    from .session import Session
+
+    m, tok = _load(model)
+    layer_list = parse_layers(layers)
+    sites = _sites(m, layer_list, None)
+    try:
+        target = _bank(m, tok, bank, None) if bank else None
+    except MemoryInceptionError as exc:
+        _fail(exc)
+    session = Session(m, tok, Steering(target=target, sites=sites, rho=rho))
+    console.print("[dim]/bank FILE_OR_TEXT, /bank off, /rho X, /reset, /quit[/dim]")
+    while True:
+        try:
+            line = console.input("[bold]you>[/bold] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        try:
+            if line.startswith("/bank"):
+                arg = line[len("/bank") :].strip()
+                target = None if arg in ("", "off") else _bank(m, tok, arg, None)
+                session.steering = Steering(target=target, sites=sites, rho=session.steering.rho)
+                console.print(f"[dim]guidance: {target.name if target else 'none'} (transcript unchanged)[/dim]")
+            elif line.startswith("/rho"):
+                value = float(line.split()[1])
+                st = session.steering
+                session.steering = Steering(target=st.target, sites=st.sites, rho=value)
+                console.print(f"[dim]rho = {value:g}[/dim]")
+            elif line == "/reset":
+                session.reset()
+                console.print("[dim]conversation cleared[/dim]")
+            elif line.startswith("/"):
+                console.print("[dim]unknown command; /bank, /rho, /reset, /quit[/dim]")
+            else:
+                console.print(f"[bold]mi>[/bold] {session.send(line, max_new_tokens=max_new_tokens)}", markup=False)
+        except (MemoryInceptionError, ValueError, IndexError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+
+
+DEMO_GUIDANCE = (
+    "You are a pirate captain. You always talk like a pirate, say 'Arr!' and 'matey', and bring every answer "
+    "back to your ship, the sea and buried treasure."
+)
+DEMO_PROMPTS = ("What is your favorite food?", "How do I make a cup of tea?", "Give me one tip for a job interview.")
+
+
+@app.command()
+def demo(
+    model: ModelOpt = None,
+    guidance: Annotated[str, typer.Option(help="The guidance text (or @file).")] = DEMO_GUIDANCE,
+    layers: LayersOpt = None,
+    rho: RhoOpt = DEFAULT_RHO,
+    max_new_tokens: TokensOpt = 48,
+) -> None:
+    """The same prompts plain, with the guidance as a visible system prompt, and as an MI bank; plus KV bytes."""
+    from .architecture import geometry
+    from .storage import bank_kv_bytes, prompt_kv_bytes
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    m, tok = _load(model)
+    text = _read_text(guidance)
+    sites = _sites(m, parse_layers(layers), None) or Sites.default(m)
+    bank = build_bank(m, tok, text, layers=list(sites.layers), name="guidance")
+    steering = Steering(target=bank, sites=sites, rho=rho)
+    geo = geometry(m)
+    console.print(f"[bold]guidance:[/bold] {text}")
+    console.print(
+        f"[dim]model: {geo.model_type}, {geo.num_layers} layers, {geo.num_heads} heads ({geo.num_kv_heads} KV); "
+        f"MI sites: all heads of layers {sites.layers[0]}-{sites.layers[-1]}, rho {rho:g}, greedy[/dim]"
+    )
+    table = Table(show_lines=True)
+    table.add_column("prompt", style="bold", max_width=18)
+    for col in ("plain", "visible system prompt", "MI bank (hidden)"):
+        table.add_column(col, ratio=1)
+    for prompt in DEMO_PROMPTS:
+        with console.status(f"generating: {prompt}"):
+            row = [
+                _generate(m, tok, prompt, None, max_new_tokens),
+                _generate(m, tok, prompt, None, max_new_tokens, system=text),
+                _generate(m, tok, prompt, steering, max_new_tokens),
+            ]
+        table.add_row(prompt, *row)
+    console.print(table)
+    system_turn = tok.apply_chat_template([{"role": "system", "content": text}], tokenize=False)
+    visible_tokens = len(tok(system_turn, add_special_tokens=False)["input_ids"])
+    prompt_bytes = prompt_kv_bytes(m, visible_tokens)
+    mi_bytes = bank_kv_bytes(bank)
+    console.print(
+        f"KV bytes for the guidance: visible prompt {prompt_bytes:,} ({visible_tokens} tokens x {geo.num_layers} layers); "
+        f"MI bank {mi_bytes:,} ({bank.num_slots} slots x {len(bank.layers)} layers); "
+        f"ratio {prompt_bytes / mi_bytes:.1f}x. The MI transcript holds none of the guidance."
+    )
+
+
+def main() -> None:  # pragma: no cover - console entry point is `app`
+    app()
