@@ -129,7 +129,7 @@ def test_fused_softmax_equals_explicit_mixture(normalize):
     )
     fused = site_attention(
         q.view(1, 1, 3, d), q_bank.view(1, 1, 3, d), k.view(1, 1, s, d), v.view(1, 1, s, d), None,
-        torch.full((1, 1, 3, 1), float(s), dtype=torch.float64), 0.3, plan,
+        math.log(s), 0.3, plan,
     )
     want = _explicit_mixture(q, q_bank, k, v, banks, gains, 0.3, normalize)
     assert torch.allclose(fused.view(3, d), want, atol=1e-12)

@@ -60,6 +60,7 @@ class Injection:
             rho_l = strengths[layer]
             head_t = torch.tensor(heads, dtype=torch.long, device=param.device)
             kv_index = head_t // geo.group_size
+            all_heads = len(heads) == geo.num_heads
             keys = torch.cat([b.keys(layer) for _, b in st.banks], dim=1).to(param.device, param.dtype)
             values = torch.cat([b.values(layer) for _, b in st.banks], dim=1).to(param.device, param.dtype)
             if prefix_rope is not None:
@@ -76,10 +77,10 @@ class Injection:
                 layer=layer,
                 heads=head_t,
                 kv_index=kv_index,
-                all_heads=len(heads) == geo.num_heads,
+                all_heads=all_heads,
                 group_size=geo.group_size,
-                bank_keys=keys[kv_index].contiguous(),
-                bank_values=values[kv_index].contiguous(),
+                bank_keys=(keys if all_heads else keys[kv_index]).contiguous(),
+                bank_values=(values if all_heads else values[kv_index]).contiguous(),
                 slot_bias=torch.cat(bias).to(param.device, param.dtype),
                 target=target,
                 reference=reference,

@@ -44,8 +44,8 @@ class LayerPlan:
     kv_index: torch.Tensor  # [Hs] KV head each selected head reads
     all_heads: bool
     group_size: int
-    bank_keys: torch.Tensor  # [Hs, M, d]: pre-RoPE (canonical) or rotated to prefix positions
-    bank_values: torch.Tensor  # [Hs, M, d]
+    bank_keys: torch.Tensor  # [Hs or H_kv when all heads, M, d]: pre-RoPE (canonical) or at prefix positions
+    bank_values: torch.Tensor  # [Hs or H_kv when all heads, M, d]
     slot_bias: torch.Tensor  # [M]: -log M_b (normalize="paper") plus every gain that does not depend on the gate
     target: slice | None  # slots of the target bank, when the gate applies
     reference: slice | None  # slots of the reference bank, when the gate applies
@@ -63,14 +63,15 @@ def site_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     prompt_mask: torch.Tensor | None,
-    num_visible: torch.Tensor,
+    log_visible: torch.Tensor | float,
     scaling: float,
     plan: LayerPlan,
 ) -> torch.Tensor:
     """Steered output of selected heads: one softmax over prompt and bank slots (spec section 3).
 
-    query / bank_query: `[B, Hs, R, d]` (bank_query is pre-RoPE in canonical mode); key / value: `[B, Hs, S, d]`;
-    prompt_mask: additive `[B, 1, R, S]` or None; num_visible: `[B, 1, R, 1]` visible keys per row (N_t).
+    query / bank_query: `[B, Hs, R, d]` (bank_query is pre-RoPE in canonical mode); key / value: `[B, Hs, S, d]`
+    (with grouped heads, Hs is the KV heads and R folds each group's query heads); prompt_mask: additive
+    `[B, 1, R, S]` or None; log_visible: log N_t, the number of keys each row sees (`[B, 1, R, 1]` or a float).
     Returns `[B, Hs, R, d]`.
     """
     # prompt scores x_j = s <q_t, k_j> over visible keys
@@ -90,7 +91,7 @@ def site_attention(
         gains[..., plan.reference] = -plan.negative * torch.sigmoid(-u)
         offset = offset + gains
     if plan.normalize:
-        offset = offset + torch.log(num_visible.to(b.dtype))
+        offset = offset + log_visible
     # mixture: pi = softmax over sources == one softmax over the concatenated scores
     scores = torch.cat([x, b + offset], dim=-1)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
@@ -108,29 +109,28 @@ def _rows_of(t: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _prompt_mask(
     mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, rows: torch.Tensor | None, device, dtype
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Additive prompt mask `[B, 1, R, S]` (None: everything visible) and N_t `[B, 1, R, 1]` for the steered rows."""
+) -> tuple[torch.Tensor | None, torch.Tensor | float]:
+    """Additive prompt mask `[B, 1, R, S]` (None: all visible) and log N_t (`[B, 1, R, 1]`, or a float)."""
     if mask is None:
-        # stock sdpa uses is_causal: query t sees keys 0 .. (S - T) + t
+        if q_len == 1:  # decode without padding: the one query sees every key
+            return None, math.log(kv_len)
+        # stock sdpa used is_causal: query t sees keys 0 .. (S - T) + t
         pos = torch.arange(q_len, device=device).expand(batch, q_len) if rows is None else rows
         limit = (kv_len - q_len) + pos  # [B, R]
-        n = (limit + 1).clamp(min=1).to(dtype).view(batch, 1, -1, 1)
-        if q_len == 1:
-            return None, n
         visible = torch.arange(kv_len, device=device).view(1, 1, kv_len) <= limit.unsqueeze(-1)
     else:
         m = mask if rows is None else _rows_of(mask.expand(batch, -1, -1, -1), rows, 2)
         visible = m[:, 0] if m.dtype == torch.bool else m[:, 0] > torch.finfo(m.dtype).min / 2
-        n = visible.sum(-1).clamp(min=1).to(dtype).view(batch, 1, -1, 1)
+    log_n = visible.sum(-1, keepdim=True).clamp(min=1).to(dtype).log().unsqueeze(1)
     additive = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
-    return additive.unsqueeze(1), n
+    return additive.unsqueeze(1), log_n
 
 
 def _steer(module, plan: LayerPlan, query, key, value, attention_mask, scaling, stock, kwargs) -> torch.Tensor:
     """Stock attention where nothing is steered, the operator on the selected heads and steered rows."""
     state = plan.state
     rows = state.rows
-    batch, _, q_len, _ = query.shape
+    batch, num_heads, q_len, dim = query.shape
     kv_len = key.shape[-2]
     blend = isinstance(rows, torch.Tensor) and rows.dtype == torch.bool
     gather = isinstance(rows, torch.Tensor) and not blend
@@ -148,10 +148,19 @@ def _steer(module, plan: LayerPlan, query, key, value, attention_mask, scaling, 
         bank_query = undo_rope(q, cos.unsqueeze(1).to(q.dtype), sin.unsqueeze(1).to(q.dtype))
     else:
         bank_query = q
-    if plan.group_size > 1 or not plan.all_heads:
+    mask, log_n = _prompt_mask(attention_mask, batch, q_len, kv_len, idx, query.device, query.dtype)
+    rows_n = q.shape[2]
+    if plan.all_heads and plan.group_size > 1:
+        # grouped: fold each KV group's query heads into rows, so keys and values are read, never copied
+        g = plan.group_size
+        q = q.reshape(batch, num_heads // g, g * rows_n, dim)
+        bank_query = bank_query.reshape(batch, num_heads // g, g * rows_n, dim)
+        mask = mask.repeat(1, 1, g, 1) if mask is not None else None
+        log_n = log_n.repeat(1, 1, g, 1) if isinstance(log_n, torch.Tensor) else log_n
+    elif not plan.all_heads:
         key, value = key[:, plan.kv_index], value[:, plan.kv_index]
-    mask, num_visible = _prompt_mask(attention_mask, batch, q_len, kv_len, idx, query.device, query.dtype)
-    steered = site_attention(q, bank_query, key, value, mask, num_visible, scaling, plan).transpose(1, 2)
+    steered = site_attention(q, bank_query, key, value, mask, log_n, scaling, plan)
+    steered = steered.reshape(batch, -1, rows_n, dim).transpose(1, 2)
 
     if out is None:
         return steered.contiguous()
