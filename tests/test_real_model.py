@@ -59,3 +59,21 @@ def test_real_model_operator_matches_prefix_oracle(smollm):
         with mi.inject(model, steering):
             got = model(torch.tensor([prompt])).logits[0]
     assert (got - want).abs().max().item() < 1e-3
+
+
+def test_qwen_gqa_prefix_oracle_and_restoration():
+    """Qwen2.5-Coder-0.5B (GQA 14:2): the prefix oracle holds and the model is exact after injection."""
+    model, tok = mi.load_model("qwen2.5-coder-0.5b-instruct")
+    prefix = tok("def add(a, b):\n    return a + b\n", add_special_tokens=False)["input_ids"]
+    prompt = tok("# call add with 2 and 3\n", add_special_tokens=False)["input_ids"]
+    bank = mi.Bank.from_token_ids(model, prefix, layers=None)
+    steering = mi.Steering(target=bank, sites=mi.Sites.all(model), positions="prefix", normalize="none", rho=0.0,
+                           prefill="all")
+    with torch.no_grad():
+        before = model(torch.tensor([prompt])).logits
+        want = model(torch.tensor([prefix + prompt])).logits[0, len(prefix) :]
+        with mi.inject(model, steering):
+            got = model(torch.tensor([prompt])).logits[0]
+        after = model(torch.tensor([prompt])).logits
+    assert (got - want).abs().max().item() < 1e-3
+    assert torch.equal(before, after)
