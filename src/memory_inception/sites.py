@@ -13,9 +13,9 @@ from .architecture import ModelGeometry, geometry
 from .errors import SiteError
 
 # Default band for `sites=None`: six consecutive layers starting at 70% of the depth, all heads.
-# On SmolLM2-135M (30 layers) that is layers 21-26, the band where an extraversion bank moved the
-# statement-likelihood margin the right way for both poles (+0.15 high / -0.73 low at rho 3, close to a
-# visible system prompt's +0.20 / -0.78), while layers 9-14 moved the high pole the wrong way.
+# On SmolLM2-135M (30 layers) that is layers 21-26: of the bands 9-14, 15-20 and 21-26, the only one where
+# extraversion and agreeableness banks moved the persona statement-likelihood margin the right way for both
+# poles (reports/defaults.md, experiments/choose_defaults.py).
 DEFAULT_BAND_START = 0.7
 DEFAULT_BAND_WIDTH = 6
 
