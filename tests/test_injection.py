@@ -197,3 +197,16 @@ def test_explicit_steer_mask_shape_is_checked(tiny_models):
     model = tiny_models("llama")
     with mi.inject(model, _steering(model)), pytest.raises(SteeringError, match="expected"):
         model(PROMPT, mi_steer_mask=torch.ones(1, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_right_padding_steers_each_rows_last_real_token(tiny_models, arch):
+    model = tiny_models(arch)
+    rows = [[20, 21, 22, 23, 24, 25], [30, 31, 32]]
+    ids = torch.tensor([r + [0] * (6 - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (6 - len(r)) for r in rows])
+    with torch.no_grad(), mi.inject(model, _steering(model)):
+        batch = model(ids, attention_mask=mask).logits
+        for i, r in enumerate(rows):
+            alone = model(torch.tensor([r])).logits[0]
+            assert (batch[i, : len(r)] - alone).abs().max().item() < TOL
