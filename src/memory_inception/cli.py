@@ -55,7 +55,11 @@ def _read_text(text: str) -> str:
 
 
 def _load(model_name: str | None):
+    from transformers.utils import logging as hf_logging
+
     from .models import load_model
+
+    hf_logging.disable_progress_bar()
 
     with console.status(f"loading {model_name or 'the default model'}..."):
         return load_model(model_name)
