@@ -30,11 +30,16 @@ CONFIGS = {
     "mistral": lambda: MistralConfig(**COMMON, sliding_window=4096),
     "qwen2": lambda: Qwen2Config(**COMMON),
     "qwen3": lambda: Qwen3Config(**COMMON),
+    # not one of the five architectures: Llama with YaRN RoPE, whose cos/sin carry an attention scaling
+    "llama_yarn": lambda: LlamaConfig(
+        **COMMON,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128, "rope_theta": 1e4},
+    ),
     "qwen3_moe": lambda: Qwen3MoeConfig(
         **COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1
     ),
 }
-ARCHS = list(CONFIGS)
+ARCHS = [arch for arch in CONFIGS if arch != "llama_yarn"]
 
 
 def make_tiny(arch: str, attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:

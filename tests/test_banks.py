@@ -57,7 +57,7 @@ def test_chat_template_switch(model, tiny_tokenizer):
     assert not torch.allclose(chat.keys(2), plain.keys(2))  # layer 0 keys see no context; later ones do
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "llama_yarn"])
 def test_keys_are_pre_rope_projections(tiny_models, arch):
     """Keys equal k_proj (and k_norm) of the normed hidden state entering each layer: no rotation."""
     model = tiny_models(arch)

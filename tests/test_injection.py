@@ -210,3 +210,19 @@ def test_right_padding_steers_each_rows_last_real_token(tiny_models, arch):
         for i, r in enumerate(rows):
             alone = model(torch.tensor([r])).logits[0]
             assert (batch[i, : len(r)] - alone).abs().max().item() < TOL
+
+
+def test_canonical_query_is_unrotated_under_scaled_rope(tiny_models):
+    """Canonical bank scores do not depend on where the prompt sits (padding shift, absolute offset), also
+    under YaRN RoPE (whose keys' exact un-rotation is checked in test_banks)."""
+    model = tiny_models("llama_yarn")
+    steering = _steering(model, prefill="all")
+    ids = PROMPT
+    shifted = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)
+    with torch.no_grad(), mi.inject(model, steering):
+        a = model(ids).logits
+        b = model(shifted, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, 3:]
+        c = model(ids, position_ids=torch.arange(5, 5 + ids.shape[1]).unsqueeze(0)).logits
+    assert (a - b).abs().max().item() < TOL
+    assert (a - c).abs().max().item() < TOL

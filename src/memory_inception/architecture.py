@@ -95,8 +95,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def undo_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """R(-p) x: the inverse rotation of `apply_rope` at the same positions."""
+    """R(-p) x: the inverse rotation of `apply_rope` at the same positions (cos/sin from `inverse_tables`)."""
     return x * cos - rotate_half(x) * sin
+
+
+def inverse_tables(rotary: nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for `undo_rope`: scaled RoPE variants (YaRN, LongRoPE) multiply both by `attention_scaling`,
+    so the inverse divides by its square; plain RoPE tables are returned as they are."""
+    scale = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
+    if scale == 1.0:
+        return cos, sin
+    return cos / scale**2, sin / scale**2
 
 
 def model_fingerprint(model: nn.Module) -> str:

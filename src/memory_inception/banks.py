@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .architecture import attention_modules, geometry, model_fingerprint, rotary_embedding, undo_rope
+from .architecture import attention_modules, geometry, inverse_tables, model_fingerprint, rotary_embedding, undo_rope
 from .errors import BankError
 
 logger = logging.getLogger(__name__)
@@ -324,13 +324,14 @@ def _run_and_read(
     attention_modules(model)  # fails early, with a clear message, on unsupported architectures
     device = next(model.parameters()).device
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-    hook = rotary_embedding(model).register_forward_hook(lambda _m, _a, out: captured.append(out))
+    rotary = rotary_embedding(model)
+    hook = rotary.register_forward_hook(lambda _m, _a, out: captured.append(out))
     try:
         cache = DynamicCache()
         model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
     finally:
         hook.remove()
-    cos, sin = captured[-1]
+    cos, sin = inverse_tables(rotary, *captured[-1])
     keys, values = {}, {}
     for layer in layers:
         k = cache.layers[layer].keys[0]

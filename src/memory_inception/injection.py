@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architecture import apply_rope, attention_modules, geometry, rotary_embedding, text_config
+from .architecture import apply_rope, attention_modules, geometry, inverse_tables, rotary_embedding, text_config
 from .errors import SteeringError
 from .operator import STOCK_TO_STEERED, ForwardState, LayerPlan
 from .sites import Sites
@@ -150,8 +150,8 @@ class Injection:
             last = torch.where(last < 0, q_len - 1, last).to(self._device)
         return last
 
-    def _capture_rope(self, _module: nn.Module, _args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.state.cos, self.state.sin = output
+    def _capture_rope(self, module: nn.Module, _args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.state.cos, self.state.sin = inverse_tables(module, *output)
 
     @property
     def _device(self) -> torch.device:
