@@ -58,7 +58,7 @@ def test_real_model_operator_matches_prefix_oracle(smollm):
         want = model(torch.tensor([prefix + prompt])).logits[0, len(prefix) :]
         with mi.inject(model, steering):
             got = model(torch.tensor([prompt])).logits[0]
-    assert (got - want).abs().max().item() < 1e-3
+    assert (got - want).abs().max().item() < 2e-4  # observed 3.8e-5 (SmolLM2), 1.5e-5 (Qwen2.5)
 
 
 def test_qwen_gqa_prefix_oracle_and_restoration():
@@ -75,5 +75,5 @@ def test_qwen_gqa_prefix_oracle_and_restoration():
         with mi.inject(model, steering):
             got = model(torch.tensor([prompt])).logits[0]
         after = model(torch.tensor([prompt])).logits
-    assert (got - want).abs().max().item() < 1e-3
+    assert (got - want).abs().max().item() < 2e-4  # observed 3.8e-5 (SmolLM2), 1.5e-5 (Qwen2.5)
     assert torch.equal(before, after)
