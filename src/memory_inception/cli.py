@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .banks import Bank, build_bank
-from .errors import MemoryInceptionError
+from .errors import MemoryInceptionError, SiteError
 from .sites import Sites
+from .sites import parse_layers as _parse_layers
 from .steering import DEFAULT_RHO, Steering
 
 app = typer.Typer(help="Memory Inception: steer language models with text banks.", no_args_is_help=True)
@@ -27,21 +28,11 @@ TokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens t
 
 
 def parse_layers(spec: str | None) -> list[int] | None:
-    """'21-26' -> [21..26]; '3,5,7' -> [3, 5, 7]; None -> None."""
-    if spec is None:
-        return None
-    out: list[int] = []
+    """'21-26' -> [21..26]; '3,5,7' -> [3, 5, 7]; None -> None (a clear CLI error otherwise)."""
     try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = part.split("-")
-                out += range(int(lo), int(hi) + 1)
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise typer.BadParameter(f"cannot read layers {spec!r}; write e.g. '21-26' or '3,5,7'") from None
-    return out
+        return _parse_layers(spec)
+    except SiteError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _read_text(text: str) -> str:
@@ -297,6 +288,27 @@ def demo(
         f"MI bank {mi_bytes:,} ({bank.num_slots} slots x {len(bank.layers)} layers); "
         f"ratio {prompt_bytes / mi_bytes:.1f}x. The MI transcript holds none of the guidance."
     )
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    bank_dir: Annotated[Path, typer.Option(help="Directory holding the banks (<name>.safetensors).")] = Path("banks"),
+    api_key: Annotated[Optional[str], typer.Option(envvar="MI_API_KEY", help="Require 'Authorization: Bearer KEY'.")] = None,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
+    session_cache_bytes: Annotated[int, typer.Option(help="Budget for the sessions' KV caches, in bytes.")] = 512 << 20,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API with banks and sessions."""
+    from .server import run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_server(model, host=host, port=port, bank_dir=bank_dir, api_key=api_key,
+                   max_tokens_limit=max_tokens_limit, session_cache_bytes=session_cache_bytes)
+    except MemoryInceptionError as exc:
+        _fail(exc)
 
 
 def main() -> None:  # pragma: no cover - console entry point is `app`

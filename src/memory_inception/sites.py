@@ -20,6 +20,30 @@ DEFAULT_BAND_START = 0.7
 DEFAULT_BAND_WIDTH = 6
 
 
+def parse_layers(spec: str | Sequence[int] | None) -> list[int] | None:
+    """'21-26' -> [21..26]; '3,5,7' -> [3, 5, 7]; a list of ints as it is; None -> None."""
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        return [int(layer) for layer in spec]
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-"))
+                if not 0 <= lo <= hi:
+                    raise ValueError
+                out += range(lo, hi + 1)
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise SiteError(f"cannot read layers {spec!r}; write e.g. '21-26', '3,5,7' or a list [21, 22]") from None
+    if not out:
+        raise SiteError("layers is empty; omit it for the default layers")
+    return out
+
+
 @dataclass(frozen=True)
 class Sites:
     """Per layer, the query heads that read the banks (`None` = every head of that layer).

@@ -1,0 +1,366 @@
+"""The OpenAI-compatible server, run for real: uvicorn on loopback, the real default model, the official client."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+import torch  # noqa: E402
+import uvicorn  # noqa: E402
+
+import memory_inception as mi  # noqa: E402
+from memory_inception.server import create_app  # noqa: E402
+
+pytestmark = pytest.mark.real_model
+
+MODEL_ID = "smollm2-135m-instruct"
+API_KEY = "test-key-123"
+PIRATE = (
+    "You are a pirate captain. You always talk like a pirate, say 'Arr!' and 'matey', and bring every answer "
+    "back to your ship, the sea and buried treasure."
+)
+QUESTION = [{"role": "user", "content": "What is your favorite food?"}]
+
+
+class _Running:
+    def __init__(self, app):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def model_and_tok():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # steadier on a small shared CPU; restored below
+    model, tok = mi.load_model()
+    yield model, tok
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("banks")
+
+
+@pytest.fixture(scope="module")
+def server(model_and_tok, bank_dir):
+    model, tok = model_and_tok
+    app = create_app(model, tok, bank_dir=bank_dir, model_id=MODEL_ID, max_tokens_limit=64, max_body_bytes=64 * 1024)
+    running = _Running(app)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def locked_server(model_and_tok, tmp_path_factory):
+    """A second app on the same model: API key required and a 1-byte session cache budget."""
+    model, tok = model_and_tok
+    app = create_app(model, tok, bank_dir=tmp_path_factory.mktemp("banks2"), model_id=MODEL_ID, api_key=API_KEY,
+                     session_cache_bytes=1, max_tokens_limit=64)
+    running = _Running(app)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+def _chat(client, messages=QUESTION, max_tokens=8, memory=None, **kw):
+    extra = {"memory": memory} if memory is not None else None
+    r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=max_tokens, temperature=0,
+                                       extra_body=extra, **kw)
+    return r
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+def test_health_models_and_request_log(http, client, caplog):
+    with caplog.at_level(logging.INFO, logger="memory_inception.server"):
+        assert http.get("/health").json()["status"] == "ok"
+        assert [m.id for m in client.models.list().data] == [MODEL_ID]
+        deadline = time.monotonic() + 5
+        while not any("GET /v1/models 200" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.02)
+    line = next(r.getMessage() for r in caplog.records if "GET /health" in r.getMessage())
+    assert line.startswith("GET /health 200 ") and line.endswith("ms")
+
+
+def test_plain_completion_counts_visible_tokens(client, model_and_tok):
+    _, tok = model_and_tok
+    r = _chat(client)
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    rendered = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    assert r.usage.prompt_tokens == len(tok(rendered, add_special_tokens=False)["input_ids"])
+    assert 1 <= r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_streaming_equals_plain(client, http):
+    plain = _chat(client).choices[0].message.content
+    stream = client.chat.completions.create(model=MODEL_ID, messages=QUESTION, max_tokens=8, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 8
+    raw = http.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": QUESTION, "max_tokens": 4,
+                                                  "temperature": 0, "stream": True})
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.text.rstrip().endswith("data: [DONE]")
+
+
+def test_stop_sequence_cuts_the_reply(client):
+    full = _chat(client, max_tokens=12).choices[0].message.content
+    words = full.split()
+    assert len(words) >= 3
+    r = _chat(client, max_tokens=12, stop=[" " + words[2]])
+    assert r.choices[0].message.content == full[: full.index(" " + words[2])]
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_memory_changes_the_greedy_reply(client):
+    plain = _chat(client, max_tokens=12).choices[0].message.content
+    steered = _chat(client, max_tokens=12, memory={"banks": [{"text": PIRATE, "role": "target"}], "rho": 3.0})
+    assert steered.choices[0].message.content != plain
+    # usage counts visible tokens only: the bank adds nothing to the prompt
+    assert steered.usage.prompt_tokens == _chat(client, max_tokens=1).usage.prompt_tokens
+
+
+# ---------------------------------------------------------------------------- banks
+
+
+def test_banks_crud_and_restart(http, client, model_and_tok, bank_dir):
+    r = http.post("/v1/banks", json={"name": "pirate-1", "text": PIRATE, "layers": "21-26"})
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["name"] == "pirate-1" and info["layers"] == list(range(21, 27)) and info["slots"] > 10
+    assert info["bytes"] > 0 and info["text"] == PIRATE
+    assert (bank_dir / "pirate-1.safetensors").is_file()
+    assert http.post("/v1/banks", json={"name": "pirate-1", "text": PIRATE}).status_code == 409
+    assert [b["name"] for b in http.get("/v1/banks").json()["data"]] == ["pirate-1"]
+    assert http.get("/v1/banks/pirate-1").json() == info
+
+    plain = _chat(client, max_tokens=12).choices[0].message.content
+    named = _chat(client, max_tokens=12, memory={"banks": [{"name": "pirate-1"}], "layers": "21-26"})
+    inline = _chat(client, max_tokens=12, memory={"banks": [{"text": PIRATE}], "layers": [21, 22, 23, 24, 25, 26]})
+    assert named.choices[0].message.content == inline.choices[0].message.content != plain
+
+    # a bank without the requested layers is refused with a clear message
+    r = http.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": QUESTION, "max_tokens": 2,
+                                                "memory": {"banks": [{"name": "pirate-1"}], "layers": [3]}})
+    assert r.status_code == 400 and "layers" in r.json()["error"]["message"]
+
+    # a restarted server (a new app on the same directory) sees the bank
+    from fastapi.testclient import TestClient
+
+    model, tok = model_and_tok
+    with TestClient(create_app(model, tok, bank_dir=bank_dir, model_id=MODEL_ID)) as again:
+        assert again.get("/v1/banks/pirate-1").json()["slots"] == info["slots"]
+
+    assert http.delete("/v1/banks/pirate-1").status_code == 200
+    assert http.get("/v1/banks/pirate-1").status_code == 404
+    assert http.delete("/v1/banks/pirate-1").status_code == 404
+    assert not (bank_dir / "pirate-1.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+def test_session_two_turns_with_a_patch_between(http):
+    http.post("/v1/banks", json={"name": "pirate-s", "text": PIRATE, "layers": "21-26"}).raise_for_status()
+    s = http.post("/v1/sessions", json={"system": "You are helpful.", "memory": {"banks": [{"name": "pirate-s"}]}})
+    assert s.status_code == 201, s.text
+    sid = s.json()["id"]
+    one = http.post(f"/v1/sessions/{sid}/messages", json={"content": "Hello!", "max_tokens": 6, "temperature": 0})
+    assert one.status_code == 200, one.text
+    assert one.json()["cache"] == "new"
+    before = http.get(f"/v1/sessions/{sid}").json()
+    assert [m["role"] for m in before["messages"]] == ["system", "user", "assistant"]
+
+    patched = http.patch(f"/v1/sessions/{sid}", json={"memory": {"banks": [{"text": "Be terse and formal."}],
+                                                                 "rho": 5}})
+    assert patched.status_code == 200, patched.text
+    after = http.get(f"/v1/sessions/{sid}").json()
+    assert after["messages"] == before["messages"]  # the PATCH touched neither transcript nor cache
+    assert after["cache"]["tokens"] == before["cache"]["tokens"] > 0
+    assert after["memory"]["rho"] == 5
+
+    two = http.post(f"/v1/sessions/{sid}/messages", json={"content": "And now?", "max_tokens": 6, "temperature": 0})
+    assert two.status_code == 200, two.text
+    body = two.json()
+    assert body["cache"] == "reused" and body["cache_reused_tokens"] > 0
+    assert body["usage"]["completion_tokens"] <= 6
+    transcript = http.get(f"/v1/sessions/{sid}").json()["messages"]
+    assert [m["role"] for m in transcript] == ["system", "user", "assistant", "user", "assistant"]
+    assert transcript[-1]["content"] == body["choices"][0]["message"]["content"]
+    assert not any("pirate" in m["content"].lower() for m in transcript if m["role"] != "assistant")
+
+    assert http.delete(f"/v1/sessions/{sid}").status_code == 200
+    assert http.get(f"/v1/sessions/{sid}").status_code == 404
+    assert http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}).status_code == 404
+
+
+def test_evicted_session_cache_is_rebuilt(locked_server):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=locked_server.url, timeout=120, headers=headers) as http:
+        a = http.post("/v1/sessions", json={}).json()["id"]
+        b = http.post("/v1/sessions").json()["id"]  # no body: every field is optional
+        turn = {"max_tokens": 4, "temperature": 0}
+        assert http.post(f"/v1/sessions/{a}/messages", json={"content": "Hi!", **turn}).json()["cache"] == "new"
+        assert http.post(f"/v1/sessions/{b}/messages", json={"content": "Yo!", **turn}).json()["cache"] == "new"
+        view = http.get(f"/v1/sessions/{a}").json()
+        assert view["cache"]["evicted"] and view["cache"]["bytes"] == 0  # over the 1-byte budget
+        assert [m["role"] for m in view["messages"]] == ["user", "assistant"]  # the transcript stays
+        again = http.post(f"/v1/sessions/{a}/messages", json={"content": "More?", **turn})
+        assert again.status_code == 200 and again.json()["cache"] == "rebuilt"
+        assert len(http.get(f"/v1/sessions/{a}").json()["messages"]) == 4
+
+
+# ---------------------------------------------------------------------------- bad input and auth
+
+
+def _error(r, status):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    return err
+
+
+def test_bad_input_is_refused_clearly(http, client):
+    base = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 2}
+    err = _error(http.post("/v1/chat/completions", json={**base, "frequency_penalty": 0.5}), 400)
+    assert "frequency_penalty" in err["message"] and err["type"] == "invalid_request_error"
+    err = _error(http.post("/v1/chat/completions", json={**base, "memory": {"banks": [{"text": "x", "colour": 1}]}}),
+                 400)
+    assert "colour" in err["message"]
+    with pytest.raises(openai.BadRequestError):
+        _chat(client, memory={"banks": [], "strength": 2})
+    _error(http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    _error(http.post("/v1/chat/completions", json={**base, "memory": {"layers": "a-b"}}), 400)
+    _error(http.post("/v1/chat/completions", json={**base, "memory": {"banks": [{"text": PIRATE}], "layers": [99]}}),
+           400)
+
+    for bad in ("../etc", "a/b", "x" * 65, "", "bad name", "dot.dot"):
+        _error(http.post("/v1/banks", json={"name": bad, "text": "hello"}), 400)
+    _error(http.get("/v1/banks/..%2F..%2Fetc%2Fpasswd"), 400)
+    _error(http.delete("/v1/banks/..%2Fsecret"), 400)
+
+    err = _error(http.post("/v1/chat/completions", json={**base, "memory": {"banks": [{"name": "no-such-bank"}]}}),
+                 404)
+    assert "no-such-bank" in err["message"]
+    with pytest.raises(openai.NotFoundError):
+        _chat(client, memory={"banks": [{"name": "no-such-bank"}]})
+
+    err = _error(http.post("/v1/chat/completions", json={**base, "max_tokens": 10_000}), 422)
+    assert "64" in err["message"]
+    _error(http.post("/v1/sessions/nope/messages", json={"content": "hi", "max_tokens": 10_000}), 404)
+
+    err = _error(http.post("/v1/chat/completions", json={**base, "messages": [
+        {"role": "user", "content": "x" * 100_000}]}), 413)
+    assert "limit" in err["message"]
+    _error(http.post("/v1/chat/completions", json={**base, "model": "gpt-4"}), 404)
+
+
+def test_api_key(locked_server):
+    url = locked_server.url
+    assert httpx.get(url + "/health").status_code == 200
+    err = _error(httpx.get(url + "/v1/models"), 401)
+    assert err["type"] == "authentication_error"
+    _error(httpx.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+    assert httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+    good = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    r = good.chat.completions.create(model=MODEL_ID, messages=QUESTION, max_tokens=2, temperature=0)
+    assert r.choices[0].message.content
+
+
+# ---------------------------------------------------------------------------- concurrency
+
+
+def test_sixteen_simultaneous_requests_equal_their_solo_runs(http):
+    memory = {"banks": [{"text": PIRATE}], "layers": "21-26"}
+    variants = [
+        {"messages": QUESTION},
+        {"messages": QUESTION, "memory": memory},
+        {"messages": [{"role": "user", "content": "How do I make tea?"}]},
+        {"messages": [{"role": "user", "content": "How do I make tea?"}], "memory": memory},
+    ]
+    requests = [{"model": MODEL_ID, "max_tokens": 8, "temperature": 0, **v} for v in variants]
+
+    def run(body):
+        r = http.post("/v1/chat/completions", json=body)
+        return r.status_code, r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else r.text
+
+    solo = [run(body) for body in requests]
+    assert all(status == 200 for status, _ in solo)
+    assert solo[0][1] != solo[1][1]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(run, [requests[i % 4] for i in range(16)]))
+    assert together == [solo[i % 4] for i in range(16)]
+
+
+def test_sampling_with_a_seed_is_reproducible(client):
+    def sample(seed):
+        r = client.chat.completions.create(model=MODEL_ID, messages=QUESTION, max_tokens=6, temperature=1.2,
+                                           top_p=0.95, seed=seed)
+        return r.choices[0].message.content
+
+    assert sample(7) == sample(7)
+
+
+def test_mi_serve_command_is_wired():
+    from typer.testing import CliRunner
+
+    from memory_inception.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--model", "--host", "--port", "--bank-dir", "--api-key"):
+        assert option in result.output
+
+
+def test_json_without_a_json_content_type_is_accepted(http):
+    """curl -d sends application/x-www-form-urlencoded; every body here is JSON, so it is read as JSON."""
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0}'
+    r = http.post("/v1/chat/completions", content=body % MODEL_ID.encode(),
+                  headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    err = _error(http.post("/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}), 400)
+    assert "JSON" in err["message"]
