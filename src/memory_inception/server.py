@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -598,7 +598,7 @@ class _Gate:
                         (time.perf_counter() - started) * 1000)
 
     async def _handle(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.api_key is not None and scope["path"] != "/health":
+        if self.api_key is not None and scope["path"] not in ("/health", "/"):  # "/": the static playground
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, token = auth.partition(" ")
@@ -697,6 +697,11 @@ def create_app(
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error")
         return _error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+    # ---- the playground (a static page; its API calls send the key the user types) -------------------
+    @app.get("/", include_in_schema=False)
+    def playground() -> HTMLResponse:
+        return HTMLResponse((Path(__file__).parent / "playground.html").read_text(encoding="utf-8"))
 
     # ---- health and models --------------------------------------------------------------------------
     @app.get("/health")
