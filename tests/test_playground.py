@@ -7,15 +7,13 @@ Without it the browser test skips with a clear reason; `.ci/run` installs it.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-import uvicorn
+
+from servers import PIRATE, RunningServer
 
 import memory_inception as mi
 from memory_inception.server import create_app
@@ -28,31 +26,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 MODEL_ID = "smollm2-135m-instruct"
 API_KEY = "play-key-1"
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "playground.png"
-PIRATE = (
-    "You are a pirate captain. You always talk like a pirate, say 'Arr!' and 'matey', and bring every answer "
-    "back to your ship, the sea and buried treasure."
-)
-
-
-class _Running:
-    """uvicorn serving `app` on a free loopback port in a background thread (as in tests/test_server.py)."""
-
-    def __init__(self, app):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +62,7 @@ def test_playground_in_chromium(model_and_tok, tmp_path):
 
     model, tok = model_and_tok
     app = create_app(model, tok, bank_dir=tmp_path / "banks", model_id=MODEL_ID, max_tokens_limit=64)
-    running = _Running(app)
+    running = RunningServer(app)
     try:
         r = httpx.post(running.url + "/v1/banks", json={"name": "pirate", "text": PIRATE}, timeout=120)
         assert r.status_code == 201, r.text

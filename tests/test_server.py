@@ -3,52 +3,23 @@
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
+import openai
 import pytest
+import torch
+from servers import PIRATE, RunningServer
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
-
-import torch  # noqa: E402
-import uvicorn  # noqa: E402
-
-import memory_inception as mi  # noqa: E402
-from memory_inception.server import create_app  # noqa: E402
+import memory_inception as mi
+from memory_inception.server import create_app
 
 pytestmark = pytest.mark.real_model
 
 MODEL_ID = "smollm2-135m-instruct"
 API_KEY = "test-key-123"
-PIRATE = (
-    "You are a pirate captain. You always talk like a pirate, say 'Arr!' and 'matey', and bring every answer "
-    "back to your ship, the sea and buried treasure."
-)
 QUESTION = [{"role": "user", "content": "What is your favorite food?"}]
-
-
-class _Running:
-    def __init__(self, app):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +40,7 @@ def bank_dir(tmp_path_factory):
 def server(model_and_tok, bank_dir):
     model, tok = model_and_tok
     app = create_app(model, tok, bank_dir=bank_dir, model_id=MODEL_ID, max_tokens_limit=64, max_body_bytes=64 * 1024)
-    running = _Running(app)
+    running = RunningServer(app)
     yield running
     running.stop()
 
@@ -80,7 +51,7 @@ def locked_server(model_and_tok, tmp_path_factory):
     model, tok = model_and_tok
     app = create_app(model, tok, bank_dir=tmp_path_factory.mktemp("banks2"), model_id=MODEL_ID, api_key=API_KEY,
                      session_cache_bytes=1, max_tokens_limit=64)
-    running = _Running(app)
+    running = RunningServer(app)
     yield running
     running.stop()
 
