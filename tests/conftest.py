@@ -96,6 +96,18 @@ def make_tiny_tokenizer():
     return fast
 
 
+@pytest.fixture(scope="module")
+def model_and_tok():
+    """The real default model for server tests, on one thread (steadier on a small shared CPU)."""
+    import memory_inception as mi
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model, tok = mi.load_model()
+    yield model, tok
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tiny_tokenizer()

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from servers import PIRATE, RunningServer
 
-import memory_inception as mi
 from memory_inception.server import create_app
 
 pytestmark = pytest.mark.real_model
@@ -26,15 +24,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 MODEL_ID = "smollm2-135m-instruct"
 API_KEY = "play-key-1"
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "playground.png"
-
-
-@pytest.fixture(scope="module")
-def model_and_tok():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # steadier on a small shared CPU; restored below
-    model, tok = mi.load_model()
-    yield model, tok
-    torch.set_num_threads(threads)
 
 
 def test_page_is_served_without_the_api_key(model_and_tok, tmp_path):

@@ -9,10 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 from servers import PIRATE, RunningServer
 
-import memory_inception as mi
 from memory_inception.server import create_app
 
 pytestmark = pytest.mark.real_model
@@ -20,15 +18,6 @@ pytestmark = pytest.mark.real_model
 MODEL_ID = "smollm2-135m-instruct"
 API_KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "What is your favorite food?"}]
-
-
-@pytest.fixture(scope="module")
-def model_and_tok():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # steadier on a small shared CPU; restored below
-    model, tok = mi.load_model()
-    yield model, tok
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
