@@ -78,9 +78,12 @@ class Bank:
             )
         return layer
 
-    def check_model(self, model: nn.Module) -> None:
-        """Raise unless this bank was built by `model` (same geometry and weights)."""
-        fp = model_fingerprint(model)
+    def check_model(self, model: nn.Module, fingerprint: str | None = None) -> None:
+        """Raise unless this bank was built by `model` (same geometry and weights).
+
+        Pass the model's `fingerprint` when checking several banks, so it is hashed once.
+        """
+        fp = fingerprint or model_fingerprint(model)
         if fp != self.fingerprint:
             raise BankError(
                 f"bank {self.name!r} was built by another model (bank fingerprint {self.fingerprint}, "

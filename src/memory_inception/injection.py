@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architecture import apply_rope, attention_modules, geometry, inverse_tables, rotary_embedding, text_config
+from .architecture import (
+    apply_rope,
+    attention_modules,
+    geometry,
+    inverse_tables,
+    model_fingerprint,
+    rotary_embedding,
+    text_config,
+)
 from .errors import SteeringError
 from .operator import STOCK_TO_STEERED, ForwardState, LayerPlan
 from .sites import Sites
@@ -42,8 +50,9 @@ class Injection:
         heads_per_layer = sites.resolve(geo)
         if not heads_per_layer:
             return {}
+        fingerprint = model_fingerprint(model)
         for role, bank in st.banks:
-            bank.check_model(model)
+            bank.check_model(model, fingerprint)
             missing = [layer for layer in heads_per_layer if layer not in bank.layers]
             if missing:
                 raise SteeringError(
