@@ -21,3 +21,7 @@ class SteeringError(MemoryInceptionError, ValueError):
 
 class ModelLoadError(MemoryInceptionError, ValueError):
     """A model name or path could not be resolved or loaded."""
+
+
+class EvaluationError(MemoryInceptionError, ValueError):
+    """An evaluation input is invalid (unknown trait, mismatched prompts and replies, missing judge model)."""
