@@ -55,6 +55,8 @@ class LayerPlan:
     canonical: bool
     normalize: bool
     state: ForwardState = field(repr=False, default_factory=ForwardState)
+    # diagnostics (site selection): called as trace(plan, bank_scores, probs, num_prompt_keys) after each mixture
+    trace: Callable[[LayerPlan, torch.Tensor, torch.Tensor, int], None] | None = field(repr=False, default=None)
 
 
 def site_attention(
@@ -96,6 +98,8 @@ def site_attention(
     scores = torch.cat([x, b + offset], dim=-1)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     s = key.shape[-2]
+    if plan.trace is not None:
+        plan.trace(plan, b, probs, s)
     return torch.matmul(probs[..., :s], value) + torch.matmul(probs[..., s:], plan.bank_values)
 
 

@@ -42,13 +42,18 @@ def continuation_logprobs(
     with torch.no_grad(), inject(model, steering) as injection:
         for start in range(0, len(prompts), batch_size):
             chunk = slice(start, start + batch_size)
-            results += _score_batch(model, prompts[chunk], conts[chunk], steering.prefill, bool(injection.plans))
+            results += score_batch(model, prompts[chunk], conts[chunk], steering.prefill, bool(injection.plans))
     return results
 
 
-def _score_batch(
+def score_batch(
     model: nn.Module, prompts: list[list[int]], conts: list[list[int]], prefill: str, steered: bool
 ) -> list[torch.Tensor]:
+    """One left-padded uncached forward; `steered` passes MI the generation-semantics positions explicitly.
+
+    Position ids are the real positions of each row, so position-based hooks (CAA) see the same positions
+    as in generation.
+    """
     device = next(model.parameters()).device
     lengths = [len(p) + len(c) for p, c in zip(prompts, conts)]
     width = max(lengths)
