@@ -1,0 +1,192 @@
+"""Offline graders: extraction, equivalence, HARDMath/PHYSICS rules, robustness and timeouts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from memory_inception.grading import (
+    Grade,
+    GradingTimeout,
+    deadline,
+    extract_final_answer,
+    find_boxed,
+    grade,
+    grade_hardmath,
+    grade_physics,
+)
+from memory_inception.reasoning import Problem, load_hardmath, load_physics
+
+
+def _physics(*answers: str) -> Problem:
+    return Problem(id="t/1", benchmark="physics", kind="mechanics", question="q", solution="s", answers=list(answers))
+
+
+def _hm(pid: str) -> Problem:
+    return next(p for p in load_hardmath() if p.id == pid)
+
+
+# ---------------------------------------------------------------------------------- extraction
+
+
+def test_boxed_extraction_nested_and_variants() -> None:
+    text = r"first \boxed{1} then $\boxed{\frac{a^{2}}{\sqrt{b_{1}}}}$ done"
+    assert extract_final_answer(text) == r"\frac{a^{2}}{\sqrt{b_{1}}}"
+    assert find_boxed(text) == ["1", r"\frac{a^{2}}{\sqrt{b_{1}}}"]
+    assert extract_final_answer(r"so \boxed 5 is it") == "5"
+    assert extract_final_answer(r"\fbox{x+1}") == "x+1"
+    assert extract_final_answer(r"lost backslash: $boxed{I = 3}$") == "I = 3"
+    assert extract_final_answer(r"\boxed{\{1, 2\}}") == r"\{1, 2\}"
+
+
+def test_extraction_fallbacks_in_documented_order() -> None:
+    assert extract_final_answer("We get $x=1$. The final answer is: $42$.\nMore text $y$") == "42"
+    assert extract_final_answer("so the answer is 3/4.") == "3/4"
+    assert extract_final_answer(r"first $a$ then $$b + c$$") == "b + c"
+    assert extract_final_answer("no math here") is None
+    assert extract_final_answer("") is None
+    assert extract_final_answer(None) is None  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------- equivalence
+
+
+@pytest.mark.parametrize(
+    ("reference", "candidate", "expected"),
+    [
+        (r"\frac{1}{2}", "0.5", True),
+        ("x^2+2x+1", "(x+1)^2", True),
+        (r"\sqrt{2}", "1.41", True),  # 0.3% off, inside the 1e-2 relative tolerance
+        (r"\sqrt{2}", "1.3", False),
+        ("2x", "3x", False),
+        ("2x", "2y", False),
+        (r"3.0 \text{ m/s}", r"3 \, \mathrm{m/s}", True),
+        (r"2.6 \times 10^{3} \, \text{J}", "2600 J", True),
+        (r"E = \frac{m v^2}{2}", r"\frac{1}{2} m v^{2}", True),
+        (r"\frac{\hbar^2}{2 m_e c}", r"\frac{\hbar^{2}}{2 c m_{e}}", True),
+        (r"\frac{\hbar^2}{2 m_e c}", r"\frac{\hbar^{2}}{c m_{e}}", False),
+    ],
+)
+def test_equivalence_through_the_physics_grader(reference: str, candidate: str, expected: bool) -> None:
+    g = grade_physics(_physics(reference), rf"Thus \boxed{{{candidate}}}.")
+    assert g.correct is expected, g.detail
+
+
+def test_tolerance_is_a_parameter() -> None:
+    p = _physics(r"\sqrt{2}")
+    assert grade_physics(p, r"\boxed{1.41}").correct
+    assert not grade_physics(p, r"\boxed{1.41}", rtol=1e-3).correct
+
+
+# ---------------------------------------------------------------------------------- robustness
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [None, "", "   ", "}}}{{\\boxed{", r"\boxed{\frac{1}{}}", r"\boxed{x^^^2 ==== ]]}", "\x00\x01\ufffd" * 50, r"\boxed{" + "(" * 500 + "}", 12345],
+)
+def test_garbage_is_incorrect_not_an_exception(garbage: object) -> None:
+    for problem in (_hm("hardmath/0"), _hm("hardmath/194"), _hm("hardmath/144"), _physics("0.5")):
+        g = grade(problem, garbage)  # type: ignore[arg-type]
+        assert isinstance(g, Grade) and not g.correct and g.score == 0.0
+
+
+def test_deadline_interrupts_main_thread_work_and_nests() -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(GradingTimeout):
+        with deadline(0.2):
+            while True:
+                pass
+    assert time.perf_counter() - t0 < 2.0
+    with deadline(5.0) as outer:
+        try:
+            with deadline(0.1) as inner:
+                while True:
+                    pass
+        except GradingTimeout as exc:
+            assert exc.owner is inner and exc.owner is not outer
+        time.sleep(0.05)  # the outer timer was re-armed, not fired
+
+
+def test_grading_works_off_the_main_thread() -> None:
+    p = _hm("hardmath/0")
+    out: list[Grade] = []
+    worker = threading.Thread(target=lambda: out.append(grade_hardmath(p, rf"\boxed{{{p.answers[0]}}}")))
+    worker.start()
+    worker.join(30)
+    assert out and out[0].correct
+
+
+# ------------------------------------------------------------------------------------ HARDMath
+
+
+def test_hardmath_symbolic_reference_and_perturbation() -> None:
+    p = _hm("hardmath/0")
+    assert grade_hardmath(p, rf"so $\boxed{{\epsilon={p.answers[0]}}}$").correct
+    assert grade_hardmath(p, r"\boxed{\epsilon = a_1 a_3^{5/2} a_2^{-7/2}}").correct  # rewritten, same value
+    assert not grade_hardmath(p, r"\boxed{\epsilon = a_1 a_3^{7/2} a_2^{-7/2}}").correct
+
+
+def test_hardmath_numeric_epsilon_uses_stated_precision() -> None:
+    p = _hm("hardmath/65")  # reference 0.08 (exact 25 sqrt(10)/1024 = 0.0772)
+    assert grade_hardmath(p, r"\boxed{\epsilon \approx 0.08}").correct
+    assert grade_hardmath(p, r"\boxed{\epsilon = \frac{25\sqrt{10}}{1024}}").correct
+    assert not grade_hardmath(p, r"\boxed{\epsilon \approx 0.10}").correct
+
+
+def test_hardmath_ode_two_regimes() -> None:
+    p = _hm("hardmath/194")
+    good = rf"\boxed{{[{p.answers[0]}, {p.answers[1]}]}}"
+    g = grade_hardmath(p, good)
+    assert g.correct and g.score == 1.0
+    swapped = rf"\boxed{{[{p.answers[1]}, {p.answers[0]}]}}"
+    assert grade_hardmath(p, swapped).correct  # order free (bipartite matching)
+    wrong_large = r"\boxed{[y = 1 + \frac{x^3}{6}, y = -6 (x - 5.2)^{-1} - 7.06]}"
+    g = grade_hardmath(p, wrong_large)
+    assert not g.correct and g.score == 0.5
+    assert not grade_hardmath(p, r"\boxed{[y = 1, y = -6 (x - 4.98049804980498)^{-1} - 7.0586830402894]}").correct
+
+
+def test_hardmath_laplace_integral_and_polynomial_roots() -> None:
+    p = _hm("hardmath/246")
+    assert grade_hardmath(p, p.solution).correct
+    assert grade_hardmath(p, r"\boxed{I(x) \approx 0.323 x^{-1} e^{0.2068641 x}}").correct
+    assert not grade_hardmath(p, r"\boxed{I(x) \approx \frac{0.34 e^{0.206864144662938 x}}{x}}").correct
+    roots = _hm("hardmath/144")
+    assert grade_hardmath(roots, roots.solution).correct
+    flipped = r"\boxed{[\frac{1}{\epsilon}, -i, i]} and \boxed{[\epsilon^{-1/3}, \epsilon^{-1/3} e^{2\pi i/3}, -\epsilon^{-1/3}]}"
+    g = grade_hardmath(roots, flipped)
+    assert not g.correct and 0.5 < g.score < 1.0
+
+
+def test_hardmath_integral_three_regimes() -> None:
+    p = _hm("hardmath/306")
+    assert grade_hardmath(p, r"\boxed{[0.862 \epsilon^{-0.9286}, 0.862 \epsilon^{-0.9286}, 22/\epsilon]}").correct
+    g = grade_hardmath(p, r"\boxed{[0.862 \epsilon^{-0.9286}, 0.862 \epsilon^{-0.9286}, 20/\epsilon]}")
+    assert not g.correct and abs(g.score - 2 / 3) < 1e-9
+
+
+# ------------------------------------------------------------------------------------- PHYSICS
+
+
+def test_physics_multi_answer_needs_all() -> None:
+    p = next(x for x in load_physics(subjects="statistics") if x.id == "physics/statistics/1-116")
+    assert len(p.answers) == 3
+    full = r"(a) $\boxed{W = -0.034 \text{ cal}}$ (b) $\boxed{\Delta U = 1436 \text{ cal}}$ (c) $\boxed{5.26 \text{ cal/K}}$"
+    g = grade_physics(p, full)
+    assert g.correct and g.score == 1.0, g.detail
+    partial = r"(a) $\boxed{-0.034 \text{ cal}}$ (c) $\boxed{5.26 \text{ cal/K}}$"
+    g = grade_physics(p, partial)
+    assert not g.correct and abs(g.score - 2 / 3) < 1e-9
+    assert not grade_physics(p, partial.replace("5.26", "6.26")).correct
+
+
+def test_physics_require_boxed_and_prose() -> None:
+    p = _physics(r"\text{The triplet state lies lower}")
+    assert grade_physics(p, r"\boxed{\text{the triplet state lies lower in energy}}").correct
+    assert not grade_physics(p, r"\boxed{\text{the singlet is the ground state}}").correct
+    q = _physics("0.5")
+    assert grade_physics(q, "we find $x = 0.5$").correct  # scanned unboxed text
+    assert not grade_physics(q, "we find $x = 0.5$", require_boxed=True).correct
