@@ -20,7 +20,7 @@ def test_parse_layers():
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("bank", "generate", "chat", "demo", "models"):
+    for command in ("bank", "generate", "chat", "demo", "models", "select", "calibrate"):
         assert command in result.output
 
 
@@ -64,3 +64,41 @@ def test_demo_runs_side_by_side():
     for word in ("plain", "visible", "hidden", "KV bytes", "ratio"):
         assert word in result.output
     assert "Loading weights" not in result.output
+
+
+@pytest.mark.real_model
+def test_select_writes_a_sites_artifact_that_generate_reads(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What do you do on a Sunday?\nDescribe a good day.\n")
+    out = tmp_path / "sites.json"
+    result = runner.invoke(
+        app,
+        ["select", "-t", "You love parties and people.", "-r", "You prefer to be alone.", "-o", str(out),
+         "--layers", "18-29", "--num-layers", "3", "--heads-per-layer", "2", "--prompts", f"@{prompts}",
+         "--max-new-tokens", "4"],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    sites = mi.Sites.load(out)
+    assert len(sites.layers) == 3 and all(18 <= layer <= 29 for layer in sites.layers)
+    assert all(len(h) <= 2 for h in sites.heads.values()) and sites.layer_scores
+    assert "selected sites" in result.output
+    gen = runner.invoke(app, ["generate", "Hi!", "--bank", "You love parties.", "--sites", str(out), "-n", "4"])
+    assert gen.exit_code == 0, gen.output
+
+
+@pytest.mark.real_model
+def test_calibrate_prints_the_curve_and_the_choice(tmp_path):
+    out = tmp_path / "cal.json"
+    result = runner.invoke(
+        app,
+        ["calibrate", "--bank", "You love parties and meeting people.", "--trait", "extraversion", "--n", "4",
+         "--rhos", "0,3", "--max-new-tokens", "8", "--tolerance", "1", "-o", str(out)],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "best rho" in result.output and out.is_file()
+    bad = runner.invoke(app, ["calibrate", "--bank", "x"])
+    assert bad.exit_code == 2 and "exactly one control" in bad.output
+    unknown = runner.invoke(app, ["calibrate", "--bank", "x", "--trait", "grumpiness", "--rhos", "1"])
+    assert unknown.exit_code == 2 and "unknown trait" in unknown.output
