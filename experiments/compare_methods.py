@@ -52,6 +52,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="reports/compare_methods")
+    ap.add_argument(
+        "--reuse", default=None,
+        help="JSON of an earlier run: keep its plain, prompting and CAA rows and curves, redo MI only",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -60,11 +64,12 @@ def main() -> None:
     eval_prompts = open_ended_prompts(limit=args.prompts)
     conversations = [[{"role": "user", "content": p}] for p in eval_prompts]
     rows, curves = [], {}
+    previous = json.load(open(args.reuse)) if args.reuse else None
     for persona in args.personas.split(","):
         trait, pole = persona.split(":")
         sign = 1 if pole == "high" else -1
         text = getattr(DESCRIPTORS[trait], pole)
-        judge = TraitJudge.fit(trait, encoder)
+        judge = TraitJudge.fit(trait, encoder)  # deterministic (seed 0): the same judge scores reused rows
         cal_yes, cal_no = statements(trait, 30, offset=30)
         ev_yes, ev_no = statements(trait, 30)
         control = statement_control(model, tok, cal_yes, cal_no, pole=sign)
@@ -72,32 +77,42 @@ def main() -> None:
         t0 = time.time()
         mi_cal = calibrate_mi(model, tok, mi.Steering(target=bank), control, strengths=RHO_GRID)
         mi_seconds = time.time() - t0
-        t0 = time.time()
-        vector = mi.build_steering_vector(model, tok, caa_pairs(trait), layers=CAA_LAYERS)
-        layer_sweep = {
-            layer: control(CAA(vector, 2.0 * sign, layers=[layer]), []) for layer in CAA_LAYERS
-        }
-        layer = max(layer_sweep, key=layer_sweep.get)
-        caa_cal = calibrate(
-            model, tok, lambda m: CAA(vector, sign * m, layers=[layer]), control, strengths=MULTIPLIER_GRID
-        )
-        caa_seconds = time.time() - t0
-        curves[persona] = {
-            "mi": [p.__dict__ for p in mi_cal.points], "mi_best": mi_cal.best, "mi_seconds": mi_seconds,
-            "caa_layer_sweep": layer_sweep, "caa_layer": layer, "caa": [p.__dict__ for p in caa_cal.points],
-            "caa_best": caa_cal.best, "caa_seconds": caa_seconds, "plain_repetition": mi_cal.plain_repetition,
-            "judge_accuracy": judge.accuracy,
-        }
-        methods = {
+        if previous is not None:
+            old = previous["curves"][persona]
+            curves[persona] = {
+                **{k: v for k, v in old.items() if k.startswith("caa") or k == "judge_accuracy"},
+                "mi": [p.__dict__ for p in mi_cal.points], "mi_best": mi_cal.best, "mi_seconds": mi_seconds,
+                "plain_repetition": mi_cal.plain_repetition, "reused_from": args.reuse,
+            }
+            kept = [r for r in previous["rows"] if r["persona"] == persona and not r["method"].startswith("mi")]
+        else:
+            kept = []
+            t0 = time.time()
+            vector = mi.build_steering_vector(model, tok, caa_pairs(trait), layers=CAA_LAYERS)
+            layer_sweep = {
+                layer: control(CAA(vector, 2.0 * sign, layers=[layer]), []) for layer in CAA_LAYERS
+            }
+            layer = max(layer_sweep, key=layer_sweep.get)
+            caa_cal = calibrate(
+                model, tok, lambda m: CAA(vector, sign * m, layers=[layer]), control, strengths=MULTIPLIER_GRID
+            )
+            caa_seconds = time.time() - t0
+            curves[persona] = {
+                "mi": [p.__dict__ for p in mi_cal.points], "mi_best": mi_cal.best, "mi_seconds": mi_seconds,
+                "caa_layer_sweep": layer_sweep, "caa_layer": layer, "caa": [p.__dict__ for p in caa_cal.points],
+                "caa_best": caa_cal.best, "caa_seconds": caa_seconds, "plain_repetition": mi_cal.plain_repetition,
+                "judge_accuracy": judge.accuracy,
+            }
+        methods = {} if kept else {
             "plain": Plain(),
             "prompting": Prompting.from_bank(bank),
             f"caa (layer {layer}, x{caa_cal.best if caa_cal.best is not None else 0:g})": CAA(
                 vector, sign * (caa_cal.best or 0.0), layers=[layer]
             ),
-            f"mi (rho {mi_cal.best if mi_cal.best is not None else 0:g})": MI(
-                mi.Steering(target=bank, rho=mi_cal.best if mi_cal.best is not None else 0.0)
-            ),
         }
+        rows += kept
+        mi_name = f"mi (rho {mi_cal.best:g})" if mi_cal.best is not None else "mi (no fluent rho; rho 0)"
+        methods[mi_name] = MI(mi.Steering(target=bank, rho=mi_cal.best if mi_cal.best is not None else 0.0))
         base_margin = statement_margin(model, tok, Plain(), ev_yes, ev_no)
         for name, method in methods.items():
             replies = generate(model, tok, method, conversations, max_new_tokens=args.max_new_tokens)

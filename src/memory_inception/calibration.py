@@ -26,8 +26,9 @@ from .steering import Steering
 logger = logging.getLogger(__name__)
 
 # Strengths tried by default for MI (rho) and CAA (multiplier). rho < 0 weakens the bank below its natural
-# attention weight: on SmolLM2 with the default sites even rho 0 made replies loop (reports/compare_methods.md).
-RHO_GRID = (-12.0, -8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0)
+# attention weight: on SmolLM2 with the default sites (6 layers, middle_heavy) replies looped down to rho -12
+# and stayed fluent from about rho -24 (reports/compare_methods.md).
+RHO_GRID = (-48.0, -36.0, -24.0, -16.0, -8.0, 0.0, 4.0)
 MULTIPLIER_GRID = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 # Default fluency bound: the repeated-trigram rate may exceed the plain model's by at most this much.
 DEFAULT_TOLERANCE = 0.10

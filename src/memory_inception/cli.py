@@ -353,7 +353,7 @@ def calibrate(
     model: ModelOpt = None,
     layers: LayersOpt = None,
     sites: Annotated[Optional[Path], typer.Option(help="Sites JSON (e.g. from `mi select`).")] = None,
-    rhos: Annotated[str, typer.Option(help="Strengths to try, comma-separated (negative rho weakens the bank).")] = "-12,-8,-6,-4,-2,0,2,4,8",
+    rhos: Annotated[str, typer.Option(help="Strengths to try, comma-separated (negative rho weakens the bank).")] = "-48,-36,-24,-16,-8,0,4",
     tolerance: Annotated[float, typer.Option(help="Allowed rise of the repeated-trigram rate over the plain model.")] = 0.10,
     prompts: Annotated[Optional[str], typer.Option(help="@file with one calibration prompt per line (default: built-in).")] = None,
     n: Annotated[int, typer.Option(help="Statements per side for the control.")] = 30,
