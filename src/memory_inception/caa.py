@@ -634,7 +634,7 @@ def _ab_shared_instruction(
 
 
 def _prepare_ab_item(tokenizer: Any, item: Mapping[str, str], index: int) -> tuple[list[int], int, int, int]:
-    """Prompt ids ending in "(", the instruction length, and the token ids of the matching / other letter."""
+    """Prompt ids (ending in "(" when the tokenizer keeps it apart), the instruction length, and the answer token ids."""
     try:
         question = item["question"]
         match = answer_letter(item["answer_matching_behavior"])
@@ -645,20 +645,26 @@ def _prepare_ab_item(tokenizer: Any, item: Mapping[str, str], index: int) -> tup
         raise CAAError(f"item {index}: answers must be two different letters like '(A)' and '(B)'")
     messages = [{"role": "user", "content": question}]
     instruction = _encode(tokenizer, tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=False))
-    prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + "("
-    prompt = _encode(tokenizer, prompt_text)
+    base = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # Read the letter after "(" when "(" and the letter are separate tokens (SmolLM2); else read the "(A" token
+    # itself after the generation prompt (Qwen2.5 merges "(A" into one token).
+    for prefix, suffix in (("(", ""), ("", "(")):
+        prompt = _encode(tokenizer, base + prefix)
+        letters = []
+        for letter in (match, other):
+            ids = _encode(tokenizer, base + prefix + suffix + letter)
+            if len(ids) == len(prompt) + 1 and ids[: len(prompt)] == prompt:
+                letters.append(ids[-1])
+        if len(letters) == 2:
+            break
+    else:
+        raise CAAError(
+            f"item {index}: neither the letter after '(' nor '(' with the letter is one token with this tokenizer; "
+            "A/B evaluation reads one next-token probability per answer"
+        )
     if prompt[: len(instruction)] != instruction:
         raise CAAError(
             f"item {index}: the rendered instruction is not a token prefix of the prompt, so the instruction end "
             "is ambiguous; this tokenizer's chat template is not supported"
         )
-    letters = []
-    for letter in (match, other):
-        ids = _encode(tokenizer, prompt_text + letter)
-        if len(ids) != len(prompt) + 1 or ids[: len(prompt)] != prompt:
-            raise CAAError(
-                f"item {index}: the letter {letter!r} after '(' is not one separate token with this tokenizer; "
-                "A/B evaluation reads one next-token probability per letter"
-            )
-        letters.append(ids[-1])
     return prompt, len(instruction), letters[0], letters[1]
