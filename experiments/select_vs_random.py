@@ -90,7 +90,6 @@ def main() -> None:
                     f"default band {row['default_control']:+.3f}",
                     flush=True,
                 )
-        del model
     elapsed = time.time() - started
     with open(args.out + ".json", "w") as f:
         json.dump({"threads": args.threads, "seconds": elapsed, "n": args.n, "results": results}, f, indent=2)

@@ -27,7 +27,7 @@ from .architecture import ModelGeometry, geometry
 from .banks import Bank
 from .errors import SiteError
 from .injection import inject
-from .methods import Messages, Plain, render
+from .methods import Messages, Plain, generate
 from .operator import LayerPlan
 from .sites import Sites
 from .steering import DEFAULT_RHO, Steering
@@ -201,27 +201,10 @@ def score_units(
     steering = Steering(target=target, reference=reference, sites=Sites({layer: None for layer in candidates}), rho=rho)
     recorder = _Recorder(geo, target.num_slots, reference.num_slots)
     conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
-    rendered = [render(tokenizer, Plain(), conv)[0] for conv in conversations]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
     with torch.no_grad(), inject(model, steering) as injection:
         for plan in injection.plans.values():
             plan.trace = recorder
-        for start in range(0, len(rendered), batch_size):
-            chunk = rendered[start : start + batch_size]
-            width = max(len(ids) for ids in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, r in enumerate(chunk):
-                ids[row, width - len(r) :] = torch.tensor(r)
-                mask[row, width - len(r) :] = 1
-            model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-            )
+        generate(model, tokenizer, Plain(), conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return recorder.units()
 
 
