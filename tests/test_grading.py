@@ -94,12 +94,10 @@ def test_garbage_is_incorrect_not_an_exception(garbage: object) -> None:
 
 
 def test_deadline_interrupts_main_thread_work_and_nests() -> None:
-    t0 = time.perf_counter()
-    with pytest.raises(GradingTimeout):
+    with pytest.raises(GradingTimeout):  # an endless loop ends only if the deadline interrupts it
         with deadline(0.2):
             while True:
                 pass
-    assert time.perf_counter() - t0 < 2.0
     with deadline(5.0) as outer:
         try:
             with deadline(0.1) as inner:
