@@ -12,37 +12,17 @@ it. Fluency: the distinct-bigram ratio of greedy replies to neutral prompts (1.0
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from importlib.resources import files
 
 import torch
 
 import memory_inception as mi
+from memory_inception.methods import MI, Plain, Prompting, statement_margin
+from memory_inception.traits import DESCRIPTORS, statements
 
-TRAITS = {
-    "extraversion": (
-        "You are extremely outgoing, talkative and full of energy. You love parties, meeting new people and "
-        "being the center of attention.",
-        "You are deeply introverted, quiet and reserved. You prefer to be alone, avoid parties and dislike "
-        "being the center of attention.",
-    ),
-    "agreeableness": (
-        "You are warm, kind and cooperative. You trust people, like to help and always try to avoid conflict.",
-        "You are cold, blunt and argumentative. You distrust people, put yourself first and enjoy conflict.",
-    ),
-}
+TRAITS = ("extraversion", "agreeableness")
 FLUENCY_BAND = "21-26"  # greedy generations cost most: fluency is measured on the default band only
-ASK = "Tell me something about yourself, in one sentence."
 NEUTRAL = ["What do you usually do on a Sunday?", "How would you describe a good day?", "What is your favorite food?"]
-
-
-def statements(trait: str, n: int) -> tuple[list[str], list[str]]:
-    path = files("memory_inception") / "data" / "anthropic_persona" / f"{trait}.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    yes = [r["statement"] for r in rows if r["answer_matching_behavior"].strip() == "Yes"][:n]
-    no = [r["statement"] for r in rows if r["answer_matching_behavior"].strip() == "No"][:n]
-    return yes, no
 
 
 def chat_ids(tok, user: str, system: str | None = None) -> list[int]:
@@ -52,11 +32,9 @@ def chat_ids(tok, user: str, system: str | None = None) -> list[int]:
 
 
 def margin(model, tok, yes, no, steering=None, system=None) -> float:
-    prompt = chat_ids(tok, ASK, system)
-    conts = [tok(s, add_special_tokens=False)["input_ids"] for s in yes + no]
-    lps = mi.continuation_logprobs(model, None, [prompt] * len(conts), conts, steering, batch_size=16)
-    means = [float(lp.mean()) for lp in lps]
-    return sum(means[: len(yes)]) / len(yes) - sum(means[len(yes) :]) / len(no)
+    """The library's statement margin: plain, MI with `steering`, or prompting with `system`."""
+    method = MI(steering) if steering is not None else Prompting(system) if system else Plain()
+    return statement_margin(model, tok, method, yes, no)
 
 
 def distinct2(model, tok, steering=None, system=None, new_tokens=48) -> float:
@@ -98,7 +76,7 @@ def main() -> None:
     ]
     started = time.time()
     for trait in args.traits.split(","):
-        high, low = TRAITS[trait]
+        high, low = DESCRIPTORS[trait].high, DESCRIPTORS[trait].low
         yes, no = statements(trait, args.n)
         base = margin(model, tok, yes, no)
         d2_plain = distinct2(model, tok)
