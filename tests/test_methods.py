@@ -8,7 +8,18 @@ from conftest import ARCHS
 
 import memory_inception as mi
 from memory_inception.caa import ActivationAddition, SteeringVector
-from memory_inception.methods import CAA, MI, Combined, Plain, Prompting, generate, render, score, statement_margin
+from memory_inception.methods import (
+    CAA,
+    MI,
+    Combined,
+    Plain,
+    Prompting,
+    generate,
+    next_token_logprobs,
+    render,
+    score,
+    statement_margin,
+)
 from memory_inception.storage import prompt_kv_bytes
 
 CONV = [{"role": "user", "content": "tell me about cats"}]
@@ -150,6 +161,25 @@ def test_statement_margin_is_the_mean_log_probability_gap(tiny_models, tiny_toke
     assert statement_margin(model, tok, method, yes, no) == pytest.approx(want, abs=1e-6)
     with pytest.raises(mi.SteeringError, match="matching"):
         statement_margin(model, tok, Plain(), [], no)
+
+
+@pytest.mark.parametrize("prefill", ["last", "all", "none"])
+def test_next_token_logprobs_equal_scoring_each_option(tiny_models, tiny_tokenizer, prefill):
+    model, tok = tiny_models("qwen2"), tiny_tokenizer
+    methods = _methods(model, tok)
+    methods["mi"] = MI(mi.Steering(target=methods["mi"].steering.target, rho=4.0, prefill=prefill))
+    options = [tok(x, add_special_tokens=False)["input_ids"][0] for x in ("A", "B", "C")]
+    for name, method in methods.items():
+        table = next_token_logprobs(model, tok, method, CONVS, answer_prefix="(", batch_size=2)
+        assert table.shape == (2, model.config.vocab_size)
+        for option in options:
+            want = score(model, tok, method, CONVS, [[option]] * 2, answer_prefix="(")
+            got = table[:, option]
+            assert torch.allclose(got, torch.stack([w[0] for w in want]), atol=1e-5), name
+    # the first token is predicted at the last prompt position: steered unless prefill is "none"
+    plain = next_token_logprobs(model, tok, Plain(), CONVS)
+    same = torch.allclose(plain, next_token_logprobs(model, tok, methods["mi"], CONVS))
+    assert same == (prefill == "none")
 
 
 def test_conversation_must_end_with_a_user_turn(tiny_tokenizer):

@@ -21,7 +21,7 @@ from .caa import ActivationAddition, SteeringVector
 from .errors import SteeringError
 from .injection import inject
 from .operator import STOCK_TO_STEERED
-from .scoring import score_batch
+from .scoring import next_token_batch, score_batch
 from .sites import Sites
 from .steering import Steering
 from .storage import prompt_kv_bytes
@@ -281,6 +281,34 @@ def score(
             with method.active(model, steer_from=ends[chunk]):
                 out += score_batch(model, prompts[chunk], conts[chunk], prefill or "last", _banks_injected(model))
     return out
+
+
+def next_token_logprobs(
+    model: nn.Module,
+    tokenizer: Any,
+    method: Method,
+    conversations: Sequence[Messages],
+    *,
+    answer_prefix: str = "",
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Log-probabilities `[N, vocab]` of the assistant's first token (after `answer_prefix`) under `method`.
+
+    One forward per batch; the method steers what it would steer before generating that token. For
+    multiple-choice scoring (Likert letters, MMLU answers) read the option tokens' columns.
+    """
+    prefix = list(tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]) if answer_prefix else []
+    rendered = [render(tokenizer, method, conv) for conv in conversations]
+    prefill = method.mi_prefill
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(rendered), batch_size):
+            chunk = rendered[start : start + batch_size]
+            with method.active(model, steer_from=[end for _, end in chunk]):
+                out.append(next_token_batch(model, [ids + prefix for ids, _ in chunk], prefill or "last", _banks_injected(model)))
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)
 
 
 def statement_margin(

@@ -88,6 +88,36 @@ def score_batch(
     return out
 
 
+def next_token_batch(model: nn.Module, prompts: list[list[int]], prefill: str, steered: bool) -> torch.Tensor:
+    """Log-probabilities `[N, vocab]` of the token after each prompt, steered as its generation would be.
+
+    One left-padded uncached forward; only the last position's logits are computed (`logits_to_keep=1`).
+    """
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    steer = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        offset = width - len(p)
+        ids[row, offset:] = torch.tensor(p)
+        mask[row, offset:] = 1
+        if prefill == "all":
+            steer[row, offset:] = True
+        elif prefill == "last":
+            steer[row, width - 1] = True
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=position_ids.to(device),
+        use_cache=False,
+        logits_to_keep=1,
+        **({STEER_MASK_KWARG: steer.to(device)} if steered else {}),
+    ).logits
+    return torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
+
+
 def _as_batch(x: TokensLike | Sequence[TokensLike], tokenizer: Any | None, special: bool) -> list[list[int]]:
     if isinstance(x, torch.Tensor):
         return [x.tolist()] if x.dim() == 1 else [row.tolist() for row in x]
