@@ -18,6 +18,7 @@ from memory_inception.methods import (
     next_token_logprobs,
     render,
     score,
+    score_shared,
     statement_margin,
 )
 from memory_inception.storage import prompt_kv_bytes
@@ -158,7 +159,7 @@ def test_statement_margin_is_the_mean_log_probability_gap(tiny_models, tiny_toke
     ask = [{"role": "user", "content": ASK}]
     lps = [float(lp.mean()) for lp in score(model, tok, method, [ask] * 3, yes + no)]
     want = (lps[0] + lps[1]) / 2 - lps[2]
-    assert statement_margin(model, tok, method, yes, no) == pytest.approx(want, abs=1e-6)
+    assert statement_margin(model, tok, method, yes, no) == pytest.approx(want, abs=1e-5)
     with pytest.raises(mi.SteeringError, match="matching"):
         statement_margin(model, tok, Plain(), [], no)
 
@@ -180,6 +181,24 @@ def test_next_token_logprobs_equal_scoring_each_option(tiny_models, tiny_tokeniz
     plain = next_token_logprobs(model, tok, Plain(), CONVS)
     same = torch.allclose(plain, next_token_logprobs(model, tok, methods["mi"], CONVS))
     assert same == (prefill == "none")
+
+
+@pytest.mark.parametrize("prefill", ["last", "all", "none"])
+def test_score_shared_equals_score(tiny_models, tiny_tokenizer, prefill):
+    model, tok = tiny_models("llama"), tiny_tokenizer
+    methods = _methods(model, tok)
+    methods["mi"] = MI(mi.Steering(target=methods["mi"].steering.target, rho=4.0, prefill=prefill))
+    history = [
+        {"role": "user", "content": "tell me about cats"},
+        {"role": "assistant", "content": "cats are small and they sleep a lot"},
+        {"role": "user", "content": "and dogs please"},
+    ]
+    conts = ["yes no maybe", "no", "a much longer reply than the others here"]
+    for name, method in methods.items():
+        want = score(model, tok, method, [history] * 3, conts, answer_prefix="(")
+        got = score_shared(model, tok, method, history, conts, answer_prefix="(", batch_size=2)
+        for w, g in zip(want, got):
+            assert torch.allclose(w, g, atol=1e-5), name
 
 
 def test_conversation_must_end_with_a_user_turn(tiny_tokenizer):

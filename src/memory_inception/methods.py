@@ -8,6 +8,7 @@ A `Method` may change the conversation (prompting), install hooks (CAA), inject 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from .architecture import geometry, text_config
 from .banks import Bank
 from .caa import ActivationAddition, SteeringVector
 from .errors import SteeringError
-from .injection import inject
+from .injection import STEER_MASK_KWARG, inject
 from .operator import STOCK_TO_STEERED
 from .scoring import next_token_batch, score_batch
 from .sites import Sites
@@ -55,8 +56,8 @@ class Method:
         return [dict(m) for m in messages]
 
     @contextlib.contextmanager
-    def active(self, model: nn.Module, steer_from: Sequence[int] | None = None) -> Iterator[None]:
-        """Steer `model` inside the block. `steer_from`: per batch row, the first position after the instruction."""
+    def active(self, model: nn.Module, steer_from: int | Sequence[int] | None = None) -> Iterator[None]:
+        """Steer `model` inside the block. `steer_from`: the first position after the instruction (one int, or per row)."""
         yield
 
     @property
@@ -123,7 +124,7 @@ class CAA(Method):
     name: str = "caa"
 
     @contextlib.contextmanager
-    def active(self, model: nn.Module, steer_from: Sequence[int] | None = None) -> Iterator[None]:
+    def active(self, model: nn.Module, steer_from: int | Sequence[int] | None = None) -> Iterator[None]:
         with ActivationAddition(model, self.vector, self.multiplier, layers=self.layers, steer_from=steer_from):
             yield
 
@@ -141,7 +142,7 @@ class MI(Method):
     name: str = "mi"
 
     @contextlib.contextmanager
-    def active(self, model: nn.Module, steer_from: Sequence[int] | None = None) -> Iterator[None]:
+    def active(self, model: nn.Module, steer_from: int | Sequence[int] | None = None) -> Iterator[None]:
         with inject(model, self.steering):
             yield
 
@@ -175,7 +176,7 @@ class Combined(Method):
         return messages
 
     @contextlib.contextmanager
-    def active(self, model: nn.Module, steer_from: Sequence[int] | None = None) -> Iterator[None]:
+    def active(self, model: nn.Module, steer_from: int | Sequence[int] | None = None) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for method in self.methods:
                 stack.enter_context(method.active(model, steer_from))
@@ -311,6 +312,77 @@ def next_token_logprobs(
     return torch.cat(out)
 
 
+def score_shared(
+    model: nn.Module,
+    tokenizer: Any,
+    method: Method,
+    conversation: Messages,
+    continuations: Sequence[str | Sequence[int]],
+    *,
+    answer_prefix: str = "",
+    batch_size: int = 16,
+) -> list[torch.Tensor]:
+    """`score` for many continuations of ONE conversation: its prompt is run once and its KV cache reused.
+
+    Equal to `score(..., [conversation] * n, continuations)`; the saving grows with the conversation's length
+    (long histories in persistence tests, statement margins).
+    """
+    prefix = list(tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]) if answer_prefix else []
+    ids, end = render(tokenizer, method, conversation)
+    ids = ids + prefix
+    conts = [
+        list(tokenizer(c, add_special_tokens=False)["input_ids"]) if isinstance(c, str) else [int(t) for t in c]
+        for c in continuations
+    ]
+    for i, c in enumerate(conts):
+        if not c:
+            raise SteeringError(f"continuation {i} is empty")
+    device = next(model.parameters()).device
+    prefill = method.mi_prefill or "last"
+    head, last = ids[:-1], ids[-1]
+    out: list[torch.Tensor] = []
+    with torch.no_grad(), method.active(model, steer_from=end):  # one int: every row of every forward
+        steered = _banks_injected(model)
+        cache = None
+        if head:
+            steer = torch.full((1, len(head)), prefill == "all", dtype=torch.bool)
+            cache = model(
+                input_ids=torch.tensor([head], device=device),
+                position_ids=torch.arange(len(head), device=device)[None],
+                use_cache=True,
+                **({STEER_MASK_KWARG: steer.to(device)} if steered else {}),
+            ).past_key_values
+        for start in range(0, len(conts), batch_size):
+            chunk = conts[start : start + batch_size]
+            n, width = len(chunk), 1 + max(len(c) for c in chunk)
+            suffix = torch.zeros((n, width), dtype=torch.long)
+            mask = torch.zeros((n, len(head) + width), dtype=torch.long)
+            mask[:, : len(head)] = 1
+            steer = torch.zeros((n, width), dtype=torch.bool)
+            for row, c in enumerate(chunk):  # right padding: later pads cannot change earlier logits
+                suffix[row, : 1 + len(c)] = torch.tensor([last] + c)
+                mask[row, len(head) : len(head) + 1 + len(c)] = 1
+                steer[row, 0] = prefill != "none"
+                steer[row, 1 : 1 + len(c)] = True
+            past = None
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(n)
+            logits = model(
+                input_ids=suffix.to(device),
+                attention_mask=mask.to(device),
+                position_ids=(len(head) + torch.arange(width, device=device))[None].expand(n, -1),
+                past_key_values=past,
+                use_cache=past is not None,
+                **({STEER_MASK_KWARG: steer.to(device)} if steered else {}),
+            ).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, c in enumerate(chunk):
+                target = torch.tensor(c, device=device).unsqueeze(-1)
+                out.append(logprobs[row, : len(c)].gather(-1, target).squeeze(-1).cpu())
+    return out
+
+
 def statement_margin(
     model: nn.Module,
     tokenizer: Any,
@@ -329,7 +401,7 @@ def statement_margin(
         raise SteeringError("statement_margin needs matching and non-matching statements")
     statements = list(matching) + list(nonmatching)
     conversation: Messages = [{"role": "user", "content": ask}]
-    lps = score(model, tokenizer, method, [conversation] * len(statements), statements, batch_size=batch_size)
+    lps = score_shared(model, tokenizer, method, conversation, statements, batch_size=batch_size)
     means = [float(lp.mean()) for lp in lps]
     k = len(matching)
     return sum(means[:k]) / k - sum(means[k:]) / len(nonmatching)
