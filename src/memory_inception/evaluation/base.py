@@ -1,0 +1,208 @@
+"""The pieces every task shares: units of work, the task interface, and the run context (model, banks, methods)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..banks import Bank, build_bank
+from ..caa import STATEMENT_PROMPT, ContrastPair, SteeringVector, build_steering_vector
+from ..errors import EvaluationError
+from ..methods import CAA, MI, Method, Plain, Prompting
+from ..sites import Sites, parse_layers
+from ..steering import Steering
+from ..traits import DESCRIPTORS, statements
+from .config import EvalConfig, parse_persona
+
+# Persona statements are split three ways so no statement both builds a steering vector and scores a method.
+EVAL_STATEMENTS = (0, 30)  # offset, count per side for scoring
+CAA_STATEMENT_OFFSET = 60  # CAA contrast pairs start here
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One resumable piece of work; `fields` are copied into its record."""
+
+    key: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Task:
+    """A task lists its units, runs one at a time into a JSON record, and reports on all records."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type] = type(None)
+    needs_model: ClassVar[bool] = True
+
+    def options(self, cfg: EvalConfig) -> Any:
+        """The task's own settings from `cfg.options`, unknown keys named."""
+        allowed = {f.name for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(cfg.options) - allowed)
+        if unknown:
+            raise EvaluationError(
+                f"unknown option(s) {', '.join(unknown)} for task {self.name}; allowed: {', '.join(sorted(allowed))}"
+            )
+        return self.Options(**cfg.options)
+
+    def units(self, ctx: Context) -> Iterable[Unit]:
+        raise NotImplementedError
+
+    def run(self, ctx: Context, unit: Unit) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def report(self, records: list[dict[str, Any]], cfg: EvalConfig, out: Path) -> str:
+        """Markdown for this task's section; may write PNG plots into `out`."""
+        raise NotImplementedError
+
+
+class Context:
+    """The model and everything built from it once per run: banks, steering vectors, judges (cached on disk)."""
+
+    def __init__(self, cfg: EvalConfig, out: Path, model: Any = None, tokenizer: Any = None) -> None:
+        self.cfg, self.out = cfg, out
+        self._model, self._tokenizer = model, tokenizer
+        self._banks: dict[str, Bank] = {}
+        self._vectors: dict[str, SteeringVector] = {}
+        self._judges: dict[str, Any] = {}
+        self._encoder: Any = None
+
+    # ---- model -------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._model is None:
+            from transformers.utils import logging as hf_logging
+
+            from ..models import load_model
+
+            hf_logging.disable_progress_bar()
+            self._model, self._tokenizer = load_model(self.cfg.model)
+
+    @property
+    def model(self) -> Any:
+        self._load()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        self._load()
+        return self._tokenizer
+
+    # ---- guidance ----------------------------------------------------------------------------------
+    @staticmethod
+    def persona_text(persona: str) -> str:
+        trait, pole = parse_persona(persona)
+        return getattr(DESCRIPTORS[trait], pole)
+
+    def bank(self, persona: str) -> Bank:
+        """The persona's bank, built once and kept in `out/banks/` (reloaded with a fingerprint check)."""
+        if persona not in self._banks:
+            path = self.out / "banks" / f"{persona.replace(':', '-')}.safetensors"
+            if path.is_file():
+                self._banks[persona] = Bank.load(path, self.model)
+            else:
+                bank = build_bank(self.model, self.tokenizer, self.persona_text(persona), name=persona)
+                _atomic(path, bank.save)
+                self._banks[persona] = bank
+        return self._banks[persona]
+
+    def vector(self, trait: str) -> SteeringVector:
+        """CAA steering vector for `trait` (high minus low), from persona statements disjoint from scoring."""
+        if trait not in self._vectors:
+            path = self.out / "vectors" / f"{trait}.safetensors"
+            if path.is_file():
+                self._vectors[trait] = SteeringVector.load(path, self.model)
+            else:
+                yes, no = statements(trait, self.cfg.caa.pairs, offset=CAA_STATEMENT_OFFSET)
+                pairs = [
+                    ContrastPair([{"role": "user", "content": STATEMENT_PROMPT.format(statement=s)}], a, b)
+                    for group, (a, b) in ((yes, ("Yes", "No")), (no, ("No", "Yes")))
+                    for s in group
+                ]
+                vector = build_steering_vector(self.model, self.tokenizer, pairs, layers=[self.caa_layer()])
+                _atomic(path, vector.save)
+                self._vectors[trait] = vector
+        return self._vectors[trait]
+
+    def caa_layer(self) -> int:
+        layer = self.cfg.caa.layer if self.cfg.caa.layer is not None else self.cfg.default("caa.layer")
+        if layer is None:  # unknown model: the middle layer
+            layer = self.model.config.num_hidden_layers // 2
+        return int(layer)
+
+    def sites(self) -> Sites | None:
+        spec = self.cfg.mi.sites
+        if spec is None:
+            return None
+        if Path(spec).suffix == ".json":
+            if not Path(spec).is_file():
+                raise EvaluationError(f"[mi] sites: no file {spec} (give a selection JSON from `mi select`, or layers like '21-26')")
+            return Sites.load(spec)
+        return Sites({layer: None for layer in parse_layers(spec) or []})
+
+    def method(self, name: str, persona: str | None) -> Method:
+        """`name` (plain/prompting/caa/mi) steering toward `persona` ('trait:pole'); plain ignores the persona."""
+        if name == "plain" or persona is None:
+            return Plain()
+        trait, pole = parse_persona(persona)
+        if name == "prompting":
+            return Prompting.from_bank(self.bank(persona))
+        if name == "caa":
+            sign = 1.0 if pole == "high" else -1.0
+            return CAA(self.vector(trait), sign * self.cfg.multiplier, layers=[self.caa_layer()])
+        if name == "mi":
+            reference = None
+            if self.cfg.mi.reference:
+                reference = self.bank(f"{trait}:{'low' if pole == 'high' else 'high'}")
+            steering = Steering(
+                target=self.bank(persona),
+                reference=reference,
+                sites=self.sites(),
+                rho=self.cfg.rho,
+                schedule=self.cfg.mi.schedule,  # type: ignore[arg-type]
+                prefill=self.cfg.mi.prefill,  # type: ignore[arg-type]
+            )
+            return MI(steering)
+        raise EvaluationError(f"unknown method {name!r}")
+
+    def cost(self, method: Method) -> dict[str, int]:
+        return dataclasses.asdict(method.cost(self.model, self.tokenizer))
+
+    # ---- judges ------------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from ..judges import load_encoder
+
+            self._encoder = load_encoder()
+        return self._encoder
+
+    def judge(self, trait: str) -> Any:
+        """The offline trait judge (MiniLM + logistic regression on persona statements; deterministic)."""
+        if trait not in self._judges:
+            from ..judges import TraitJudge
+
+            self._judges[trait] = TraitJudge.fit(trait, self.encoder)
+        return self._judges[trait]
+
+    def seed(self, offset: int = 0) -> None:
+        torch.manual_seed(self.cfg.seed + offset)
+
+
+def _atomic(path: Path, save: Any) -> None:
+    """Write through a temporary file and rename, so a parallel run never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+    save(tmp)
+    os.replace(tmp, path)
+
+
+def eval_statements(trait: str, limit: int | None) -> tuple[list[str], list[str]]:
+    """Held-out persona statements for scoring (never used to build steering vectors)."""
+    offset, count = EVAL_STATEMENTS
+    return statements(trait, min(count, limit) if limit else count, offset=offset)

@@ -1,0 +1,166 @@
+"""What an evaluation run pins: model, methods, personas, strengths, sites, prompts and seeds (TOML or YAML)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvaluationError
+from ..models import DEFAULT_MODEL
+from ..steering import DEFAULT_RHO
+from ..traits import TRAITS, check_trait
+
+METHODS = ("plain", "prompting", "caa", "mi")
+POLES = ("high", "low")
+ALL_PERSONAS = tuple(f"{t}:{p}" for t in TRAITS for p in POLES)
+
+# Strengths measured per model (reports/compare_methods.md, reports/select_vs_random.md, reports/caa_ab_qwen.md).
+MODEL_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "smollm2-135m-instruct": {"mi.rho": -20.0, "caa.layer": 15, "caa.multiplier": 6.0},
+    "qwen2.5-coder-0.5b-instruct": {"mi.rho": DEFAULT_RHO, "caa.layer": 14, "caa.multiplier": 2.0},
+}
+
+
+@dataclass
+class MIConfig:
+    """Memory Inception settings; `rho=None` takes the model's measured default, `sites=None` the default sites."""
+
+    rho: float | None = None
+    sites: str | None = None  # a selection/sites JSON file, or layers such as "21-26"
+    schedule: str = "middle_heavy"
+    prefill: str = "last"
+    reference: bool = False  # add the opposite pole's bank as the reference bank
+
+
+@dataclass
+class CAAConfig:
+    """Activation addition settings; `None` takes the model's measured default."""
+
+    layer: int | None = None
+    multiplier: float | None = None
+    pairs: int = 60  # persona statements per side for the steering vector (disjoint from evaluation ones)
+
+
+@dataclass
+class EvalConfig:
+    """One task's run. `options` holds the task's own settings (see each task's `Options`)."""
+
+    task: str
+    model: str = DEFAULT_MODEL
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    personas: list[str] = field(default_factory=lambda: list(ALL_PERSONAS))
+    limit: int | None = None
+    seed: int = 0
+    threads: int = 1
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    mi: MIConfig = field(default_factory=MIConfig)
+    caa: CAAConfig = field(default_factory=CAAConfig)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise EvaluationError(f"unknown method(s) {bad or '(none)'}; choose from {', '.join(METHODS)}")
+        for persona in self.personas:
+            parse_persona(persona)
+        if self.limit is not None and self.limit < 1:
+            raise EvaluationError(f"limit must be at least 1, got {self.limit}")
+        if self.threads < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise EvaluationError("threads, batch_size and max_new_tokens must be positive")
+
+    def default(self, key: str) -> Any:
+        """The model's measured default for 'mi.rho', 'caa.layer' or 'caa.multiplier'."""
+        fallback = {"mi.rho": DEFAULT_RHO, "caa.layer": None, "caa.multiplier": 2.0}
+        return MODEL_DEFAULTS.get(self.model, {}).get(key, fallback[key])
+
+    @property
+    def rho(self) -> float:
+        return float(self.mi.rho if self.mi.rho is not None else self.default("mi.rho"))
+
+    @property
+    def multiplier(self) -> float:
+        return float(self.caa.multiplier if self.caa.multiplier is not None else self.default("caa.multiplier"))
+
+    def identity(self) -> dict[str, Any]:
+        """What results depend on: everything except the limit (a rerun may extend it) and the thread count."""
+        data = dataclasses.asdict(self)
+        data.pop("limit")
+        data.pop("threads")
+        return json.loads(json.dumps(data))
+
+
+def parse_persona(persona: str) -> tuple[str, str]:
+    """'extraversion:high' -> ('extraversion', 'high'), with a clear error otherwise."""
+    trait, _, pole = persona.partition(":")
+    try:
+        check_trait(trait)
+    except Exception:
+        raise EvaluationError(f"persona {persona!r}: unknown trait; use TRAIT:POLE with TRAIT in {', '.join(TRAITS)}") from None
+    if pole not in POLES:
+        raise EvaluationError(f"persona {persona!r}: pole must be 'high' or 'low' (write e.g. 'extraversion:high')")
+    return trait, pole
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> EvalConfig:
+    """Read a TOML/YAML task config (or none) and apply CLI overrides (None values are ignored)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read(Path(path))
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    if "task" not in data:
+        raise EvaluationError("no task given: name it on the command line or as `task = ...` in the config file")
+    options = data.get("options")
+    if isinstance(options, dict) and any(isinstance(v, dict) for v in options.values()):
+        # one file for several tasks: [options.TASK] tables; take this task's
+        data["options"] = dict(options.get(data["task"], {}))
+    return from_dict(data)
+
+
+def from_dict(data: dict[str, Any]) -> EvalConfig:
+    """Build a config, naming any unknown key and the allowed ones."""
+    data = dict(data)
+    sections = {"mi": MIConfig, "caa": CAAConfig}
+    for name, cls in sections.items():
+        if name in data:
+            data[name] = cls(**_known(data[name], cls, f"[{name}]"))
+    return EvalConfig(**_known(data, EvalConfig, "the config"))
+
+
+def _known(data: Any, cls: type, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise EvaluationError(f"{where} must be a table of settings, got {type(data).__name__}")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise EvaluationError(f"unknown setting(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
+    return data
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise EvaluationError(f"no config file {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+            if not isinstance(data, dict):
+                raise EvaluationError(f"{path}: the top level must be a mapping of settings")
+            return data
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise EvaluationError(f"{path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("yaml"):
+            raise EvaluationError(f"{path} is not valid YAML: {exc}") from None
+        raise
+    raise EvaluationError(f"{path}: config files must end in .toml, .yaml or .yml")

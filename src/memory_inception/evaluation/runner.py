@@ -1,0 +1,106 @@
+"""Run a task unit by unit, appending each record to JSONL as it finishes: a crash or Ctrl-C loses nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import EvaluationError
+from .base import Context, Task
+from .config import EvalConfig
+
+log = logging.getLogger(__name__)
+
+
+def records_path(out: Path, task: str) -> Path:
+    return Path(out) / f"{task}.jsonl"
+
+
+def config_path(out: Path, task: str) -> Path:
+    return Path(out) / f"{task}.config.json"
+
+
+def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Records of a JSONL file. A torn last line (a crash mid-write) is dropped, and removed when `repair`."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise EvaluationError(f"{path} line {number} is not JSON; fix or delete that line, then rerun") from None
+            log.warning("dropping a torn last line in %s (an interrupted write)", path)
+            if repair:
+                path.write_text("".join(f"{json.dumps(r)}\n" for r in records))
+    return records
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one record and flush it to disk before the next unit starts."""
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_config(out: Path, cfg: EvalConfig) -> None:
+    """Refuse to mix results of different configurations in one file; record the configuration otherwise."""
+    path = config_path(out, cfg.task)
+    identity = cfg.identity()
+    if path.is_file():
+        stored = json.loads(path.read_text())["config"]
+        if stored != identity:
+            diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+            raise EvaluationError(
+                f"{records_path(out, cfg.task)} holds results of a different configuration (differs in: "
+                f"{', '.join(diff)}); use another --out directory, or delete both files to start over"
+            )
+        return
+    path.write_text(json.dumps({"config": identity, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
+
+
+def run_task(
+    task: Task,
+    cfg: EvalConfig,
+    out: str | Path,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every unit of `task` not yet in `out/TASK.jsonl`; returns all records (old and new)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    task.options(cfg)  # validate before any work
+    check_config(out, cfg)
+    torch.set_num_threads(cfg.threads)
+    path = records_path(out, cfg.task)
+    records = read_records(path, repair=True)
+    done = {r["unit"] for r in records}
+    ctx = Context(cfg, out, model, tokenizer)
+    units = list(task.units(ctx))
+    todo = [u for u in units if u.key not in done]
+    for index, unit in enumerate(todo):
+        if progress is not None:
+            progress(index, len(todo), unit.key)
+        started = time.perf_counter()
+        result = task.run(ctx, unit)
+        record = {"unit": unit.key, **unit.fields, **result, "seconds": round(time.perf_counter() - started, 3)}
+        append_record(path, record)
+        records.append(record)
+    if progress is not None:
+        progress(len(todo), len(todo), "")
+    wanted = {u.key for u in units}
+    return [r for r in records if r["unit"] in wanted]
