@@ -51,6 +51,22 @@ NOTES = """
   random points, 1e-2 relative; answers listing several values need all of them; non-parseable references
   (matrices, operators, prose) - the reference text contained in the candidate text, or for prose >= 75%
   of its content words present with agreeing negation. Unit conversions (mH vs H) are not attempted.
+- General PHYSICS rules (none keyed to a problem id or answer string), each with equivalent and
+  non-equivalent hand-made cases in `tests/test_grading.py`:
+  - definitions the response states (`X = expr` with a single-symbol `X`, every relation in the chain
+    `=`) are substituted (up to 3 rounds) into a candidate that uses symbols the reference lacks, e.g.
+    `2d\\sin\\theta/m` with "where $d = 1/N$"; the reference's own symbols are never rewritten, and the
+    result must still agree numerically with the reference;
+  - a one-letter function of coordinates only (`V(\\mathbf{r})`, `\\psi(x, t)`) may be written without its
+    arguments (`V`): the reference is retried with such arguments dropped (math comparison only);
+  - `\\frac{\\partial f}{\\partial x}` and `\\frac{\\partial}{\\partial x} f` are the same text form;
+  - prose: "impossible", "cannot take place / occur / happen", "forbidden", "not allowed" all read as
+    "not possible" (the negation check still applies);
+  - a final answer that is only a choice label (`(c)`, `\\boxed{b}`) is resolved to that option's text
+    when the question lists "(c) ..." on one line; another label selects another option and fails;
+  - parsing: bare `exp(`/`sin(`/`ln(` get their backslash, a symbol `d` before a command is not read
+    as a differential (`2d\\sin\\theta`), and `\\sin\\theta/m` is read as `\\sin(\\theta)/m`;
+  - extraction skips a trailing lone symbol (`$t$`, `$p_i$`, `$(c)$`) for the last substantive segment.
 - The reference solutions are **not boxed**, so this self-check exercises the unboxed fallback: every
   math chunk of the solution (each side of each relation) is a candidate. That is lenient by design
   and flagged in `Grade.detail` ("scanned unboxed text"); prompt models to box their answers, or pass
@@ -58,24 +74,23 @@ NOTES = """
 
 ### Why the remaining PHYSICS failures are left failing
 
-Looking at each one: the solution text does not state the listed answer in a
-form an offline comparison can recognise, and accepting them would need an LLM judge
-or id-specific rules, so we did not add any:
-- listed answer needs a substitution or a definition the solution does not make: statistics/2-121
-  (`Z_1 = A^2` with `A` defined earlier), optics/2-56 (`d = 1/N`), optics/3-3 (numbers substituted into
-  `c/2l`), electro/4_2 (the solution says only "The answer is (c)");
-- solution and listed answer differ in notation or content: statistics/2-127 (`V` vs `V_1`),
-  electro/2_13 (`k` vs `k_e`), quantum/6040 (the solution drops a `t`), quantum/4010 (the solution keeps
-  an `A^2` term), electro/4_29 (`\\theta` vs `\\theta''`; `\\arcsin\\sqrt{...}` vs `\\arcsin(...)^{1/2}`),
-  atomic/1-25 (no `\\sin^2` expression in the solution), quantum/6014 (`V(r)` vs `V`);
-- prose answers phrased differently ("Impossible" vs "cannot take place": atomic/4-24; quantum/5032,
-  statistics/2-120, quantum/3-3048 fall below the 75% keyword threshold);
-- structures not handled as math (operator identities, sums over states): quantum/5060,
-  statistics/2-118.
-A model answer in these problems can still be graded correct when it writes the listed form, but
-PHYSICS scores from these graders are a **lower bound** on what an LLM judge would give, for roughly
-7% of problems. Scores below 95% here therefore reflect the answer key and the solutions, not a bug we
-know how to fix offline.
+Each was checked by hand: the reference solution does not state the listed answer in a form any
+offline comparison can accept without an LLM judge or id-specific rules, so none were forced:
+- the solution is incomplete or differs from the listed answer (typos / different content):
+  atomic/1-25 (the solution text ends before the `\\sin^2` / `\\cos^2` result), quantum/6040 (the final
+  line drops the `t` in the exponent and a bracket), quantum/5060 (the final line has
+  `- \\hbar\\omega_l +` where the listed answer has the factor `\\hbar\\omega_l` inside the sum),
+  electro/4_29 (the final `R` has `\\cos\\theta` instead of `\\cos\\theta''` in the denominator),
+  quantum/4010 (the solution's `H` keeps an `A^2` term; the `g` values are a markdown table, the listed
+  answer an array);
+- the solution uses other notation than the listed answer: electro/2_13 (`k` vs `k_e`),
+  statistics/2-127 (`F` for a general `V`, listed with `V_1`);
+- the listed answer needs numbers from the question substituted: optics/3-3 (`c/2l` vs `c/(2 \\times 0.5)`);
+- prose or content not in the solution text: quantum/5032 (the state table is in a figure),
+  quantum/3-3048 and statistics/2-120 (paraphrases below the 75% keyword threshold; lowering the
+  threshold would let wrong prose answers through).
+A model answer in these problems is still graded correct when it writes the listed form, but PHYSICS
+scores from these graders are a **lower bound** on what an LLM judge would give, for about 5% of problems.
 """
 
 

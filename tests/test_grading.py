@@ -188,3 +188,74 @@ def test_physics_require_boxed_and_prose() -> None:
     q = _physics("0.5")
     assert grade_physics(q, "we find $x = 0.5$").correct  # scanned unboxed text
     assert not grade_physics(q, "we find $x = 0.5$", require_boxed=True).correct
+
+
+# ------------------------------------------------------------- general PHYSICS extraction rules
+
+
+def test_trailing_symbol_fragment_is_not_the_extracted_answer() -> None:
+    text = "so $$v = \\frac{L}{T}$$ holds at time $t$."
+    assert extract_final_answer(text) == r"v = \frac{L}{T}"
+    assert extract_final_answer("only $t$") == "t"  # nothing better: keep the fragment
+
+
+def test_definitions_stated_in_the_response_are_substituted() -> None:
+    p = _physics(r"\lambda = \frac{2 \sin \theta}{mN}")
+    assert grade_physics(p, r"We find $\lambda = 2d\sin \theta/m$, where $d = 1/N$.").correct
+    assert not grade_physics(p, r"We find $\lambda = 2d\sin \theta/m$, where $d = 2/N$.").correct
+    assert not grade_physics(p, r"We find $\lambda = 2d\sin \theta/m$.").correct  # d undefined
+    q = _physics(r"Z = \left(1 + e^{-\beta \epsilon}\right)^2")
+    assert grade_physics(q, r"$Z = A^2$, where $A = 1 + exp(-\beta \epsilon)$.").correct
+    assert not grade_physics(q, r"$Z = A^3$, where $A = 1 + exp(-\beta \epsilon)$.").correct
+    assert not grade_physics(q, r"$Z = A^2$, where $A \approx 1 + exp(-\beta \epsilon)$ is not a definition.").correct
+    # Boxed answers may use a symbol the response defines as well.
+    assert grade_physics(q, r"Let $A = 1 + e^{-\beta\epsilon}$. \boxed{Z = A^2}").correct
+    assert not grade_physics(q, r"Let $A = 1 - e^{-\beta\epsilon}$. \boxed{Z = A^2}").correct
+
+
+def test_function_arguments_of_coordinates_may_be_dropped() -> None:
+    p = _physics(r"(\nabla^2 + k^2) v(\mathbf{r}) = \frac{2m}{\hbar^2} V(\mathbf{r}) e^{ikz}")
+    assert grade_physics(p, r"$$ (\nabla^2 + k^2) v(r) \approx \frac{2m}{\hbar^2} V e^{ikz}. $$").correct
+    assert not grade_physics(p, r"$$ (\nabla^2 + k^2) v(r) \approx \frac{m}{\hbar^2} V e^{ikz}. $$").correct
+    assert not grade_physics(p, r"$$ (\nabla^2 + k^2) v(r) \approx \frac{2m}{\hbar^2} V e^{-ikz}. $$").correct
+    q = _physics(r"\frac{2m}{\hbar^2} V")
+    assert grade_physics(q, r"\boxed{\frac{2m}{\hbar^2} V(\mathbf{r})}").correct
+    assert not grade_physics(p, r"\boxed{\frac{2m}{\hbar^2} V(a) e^{ikz}}").correct  # a is not a coordinate
+
+
+def test_partial_derivative_notations_are_one_text_form() -> None:
+    p = _physics(r"\overline{E} = -\frac{\partial \ln z}{\partial \beta}")
+    assert grade_physics(p, r"$$\overline{E} = -\frac{\partial}{\partial \beta}\ln z.$$").correct
+    assert not grade_physics(p, r"$$\overline{E} = -\frac{\partial}{\partial T}\ln z.$$").correct
+    assert not grade_physics(p, r"$$\overline{E} = \frac{\partial}{\partial \beta}\ln Z^2.$$").correct
+
+
+def test_impossibility_phrasings_are_synonyms() -> None:
+    p = _physics(r"\text{Impossible}")
+    assert grade_physics(p, "The reaction cannot take place: energy and momentum are not both conserved.").correct
+    assert grade_physics(p, r"\boxed{\text{forbidden}}").correct
+    assert not grade_physics(p, "The reaction can take place with a photon emitted.").correct
+    assert not grade_physics(p, r"\boxed{\text{possible}}").correct
+
+
+def test_multiple_choice_label_resolves_to_the_option() -> None:
+    p = Problem(
+        id="t/mc",
+        benchmark="physics",
+        kind="electro",
+        question="c, eps and mu are related by\n\n(a) $c = \\sqrt{\\frac{\\epsilon_0}{\\mu_0}}$;\n"
+        "(b) $c = \\sqrt{\\frac{\\mu_0}{\\epsilon_0}}$;\n(c) $c = \\sqrt{\\frac{1}{\\epsilon_0 \\mu_0}}$.",
+        solution="s",
+        answers=[r"c = \sqrt{\frac{1}{\epsilon_0 \mu_0}}"],
+    )
+    assert grade_physics(p, "The answer is (c).").correct
+    assert grade_physics(p, r"\boxed{(c)}").correct
+    assert not grade_physics(p, "The answer is (a).").correct
+    assert not grade_physics(p, r"\boxed{b}").correct
+    assert not grade_physics(p, "The answer is (d).").correct  # no such option
+
+
+def test_symbols_alone_do_not_pass() -> None:
+    p = _physics(r"\frac{2 \sin \theta}{mN}")
+    assert not grade_physics(p, r"The answer depends on $\theta$, $m$ and $N$ only.").correct
+    assert not grade_physics(p, r"$d = 1/N$ and $\lambda$ depends on $\theta$.").correct

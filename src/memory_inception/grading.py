@@ -32,7 +32,10 @@ Multi-part answers are matched part-to-reference by maximum bipartite matching, 
 
 PHYSICS: every listed final answer must be matched by some extracted candidate (numbers with units:
 leading numbers compared within ``rtol``; expressions: seeded random points, ``rtol``; text: normalized
-string equality). Score = fraction of the listed answers matched.
+string equality). Score = fraction of the listed answers matched. Also: symbols the response defines
+(``where $d = 1/N$``) are substituted into candidates, one-letter functions of coordinates may drop their
+arguments (``V(\\mathbf{r})`` ~ ``V``), both ``\\partial`` fraction notations are one text form,
+impossibility phrasings are synonyms, and a bare choice label (``(c)``) resolves to the question's option.
 """
 
 from __future__ import annotations
@@ -265,7 +268,19 @@ def extract_final_answer(text: str | None) -> str | None:
         if line:
             return line
     segs = [s.strip() for s in _math_segments(text) if s.strip()]
+    # A trailing bare symbol ("at time $t$", "$p_i$ = 0") is a mention, not an answer: skip such fragments.
+    for seg in reversed(segs):
+        if not _is_fragment(seg):
+            return seg
     return segs[-1] if segs else None
+
+
+_FRAGMENT = re.compile(r"[(|]?\s*(?:\\[A-Za-z]+|[A-Za-z])(?:'+)?(?:_\{?[A-Za-z0-9]+\}?)?\s*[)|]?\s*[.,;]?")
+
+
+def _is_fragment(seg: str) -> bool:
+    """A lone symbol or label (``t``, ``p_i``, ``\\lambda_1``, ``(c)``): no number, operator or relation."""
+    return bool(_FRAGMENT.fullmatch(seg.strip()))
 
 
 _OPEN = "([{"
@@ -342,6 +357,10 @@ def _norm_latex(s: str) -> str:
     s = s.replace("\\varepsilon", "\\epsilon").replace("\\cdotp", "\\cdot")
     s = re.sub(r"(\d)\s*E(?=[_A-Za-z\\{(])", r"\1 E", s)
     s = re.sub(r"_\s*(\\[A-Za-z]+|[A-Za-z0-9])", r"_{\1}", s)  # latex2sympy trips on "m_e c"
+    # Function names written without a backslash ("exp(-x)" would be read as e*x*p*(-x)).
+    s = re.sub(r"(?<![\\A-Za-z])(exp|ln|log|sin|cos|tan|sinh|cosh|tanh)\s*(?=\()", r"\\\1", s)
+    # "2d\sin" is read as a symbol "dsin" by latex2sympy: separate a command from a preceding letter.
+    s = re.sub(r"(?<=[A-Za-z0-9])\\(?=[A-Za-z])", r" \\", s)
     return s.strip()
 
 
@@ -428,6 +447,11 @@ def _parse_cached(latex: str) -> Any:
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig
 
     config = ConversionConfig(interpret_as_mixed_fractions=False, lowercase_symbols=False)
+    if "\\int" not in latex and not re.search(r"\\frac\s*\{\s*d", latex):
+        # A symbol d before a command ("2d \sin\theta") is read as a differential "dsin"; brace it.
+        latex = re.sub(r"(?<![\\A-Za-z{])d(?=\s*\\[A-Za-z])", "{d}", latex)
+    # "\sin\theta/m" means sin(theta)/m, not sin(theta/m): parenthesize a one-token argument before "/".
+    latex = re.sub(r"(\\(?:a?sin|a?cos|a?tan|arcsin|arccos|arctan|sinh|cosh|tanh|ln|log|exp))\s*(\\[A-Za-z]+|[A-Za-z0-9])(?=\s*/)", r"\1(\2)", latex)
     try:
         expr = latex2sympy(latex, conversion_config=config)
     except Exception:
@@ -601,6 +625,12 @@ def _math_verify(ref: str, cand: str) -> bool:
 def _text_key(s: str) -> str:
     """Loose text form for string comparison: no spacing, braces, fonts, \\left/\\right; lower case."""
     s = _norm_latex(s)
+    # Derivative notation: "\frac{\partial f}{\partial x}" and "\frac{\partial}{\partial x} f" are one form.
+    s = re.sub(
+        r"\\frac\s*\{\s*\\partial\s*(\^\s*\{?\s*\d+\s*\}?)?\s*([^{}\s][^{}]*?)\s*\}\s*\{(\s*\\partial[^{}]*)\}",
+        lambda m: "\\frac{\\partial" + (m.group(1) or "") + "}{" + m.group(3) + "}" + m.group(2),
+        s,
+    )
     s = re.sub(r"\\(?:text|mathrm|textrm|mbox|rm|mathbf|boldsymbol|bf|vec|bm|mathit|textbf|operatorname)(?![a-zA-Z])\s*", "", s)
     s = s.replace("\\cdot", "").replace("\\times", "*")
     s = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}(?:\{[a-z|]*\})?|\\\\|&|\(\d\)", " ", s)
@@ -624,8 +654,30 @@ def _content_words(s: str) -> list[str]:
     return [w for w in _words(s) if len(w) >= 3 and w not in _STOPWORDS and w not in _NEGATIONS]
 
 
+_PROSE_SYNONYMS = [
+    (re.compile(r"\bimpossible\b", re.IGNORECASE), "not possible"),
+    (
+        re.compile(
+            r"\b(?:cannot|can't|can\s+not|could\s+not|couldn't|will\s+not|won't|does\s+not|do\s+not)\s+"
+            r"(?:take\s+place|occur|happen|proceed)\b",
+            re.IGNORECASE,
+        ),
+        "not possible",
+    ),
+    (re.compile(r"\b(?:forbidden|disallowed|not\s+allowed)\b", re.IGNORECASE), "not possible"),
+]
+
+
+def _canonical_prose(s: str) -> str:
+    """Phrases of (im)possibility in one form: "impossible", "cannot take place", "forbidden" -> "not possible"."""
+    for pattern, repl in _PROSE_SYNONYMS:
+        s = pattern.sub(repl, s)
+    return s
+
+
 def _keyword_recall(reference: str, text: str) -> tuple[float, bool]:
     """Fraction of the reference's content words found in ``text`` (5-letter prefixes), negation agrees?"""
+    reference, text = _canonical_prose(reference), _canonical_prose(text)
     ref_words = _content_words(reference)
     have = {w[:5] for w in _words(text)}
     found = sum(w[:5] in have for w in ref_words)
@@ -872,9 +924,17 @@ def _grade_physics(problem: Problem, response: str, rtol: float, require_boxed: 
     cands, extracted, scanned = _physics_candidates(response, require_boxed)
     if not cands and not scanned:
         return Grade(False, 0.0, extracted, "no boxed answer found" if require_boxed else "no final answer found")
+    chosen = _chosen_option(problem.question, response, cands, scanned)
+    if chosen is not None:
+        label, option = chosen
+        option_cands, _, _ = _physics_candidates(option if "$" in option else f"${option}$")
+        cands = _dedupe(cands + option_cands)
+        extracted = f"({label}) -> {option.strip()}"
     prepared = [(c, _prepare(c)) for c in cands]
+    prepared += [(raw, _drop_function_args(prep)) for raw, prep in prepared if _drop_function_args(prep) != prep]
     context = response if scanned else " ; ".join(cands)
-    results = [_physics_match(ans, prepared, context, rtol) for ans in problem.answers]
+    defs = _definitions(response)
+    results = [_physics_match(ans, prepared, context, rtol, defs) for ans in problem.answers]
     n_ok = sum(ok for ok, _ in results)
     score = n_ok / len(problem.answers)
     detail = ("scanned unboxed text; " if scanned else "") + "; ".join(
@@ -908,21 +968,42 @@ def _listed_values(answer: str) -> list[str]:
     return out
 
 
-def _physics_match(answer: str, prepared: list[tuple[str, str]], context: str, rtol: float) -> tuple[bool, str]:
+_Defs = dict[str, list[str]]
+
+
+def _physics_match(answer: str, prepared: list[tuple[str, str]], context: str, rtol: float, defs: _Defs | None = None) -> tuple[bool, str]:
     parts = _listed_values(answer)
     if len(parts) > 1:
-        results = [_physics_match_one(p, prepared, context, rtol) for p in parts]
+        results = [_physics_match_one(p, prepared, context, rtol, defs) for p in parts]
         n_ok = sum(ok for ok, _ in results)
         if n_ok == len(parts):
             return True, f"all {len(parts)} listed values matched"
-        whole = _physics_match_one(answer, prepared, context, rtol)
+        whole = _physics_match_one(answer, prepared, context, rtol, defs)
         if whole[0]:
             return whole
         return False, f"{n_ok}/{len(parts)} listed values matched"
-    return _physics_match_one(answer, prepared, context, rtol)
+    return _physics_match_one(answer, prepared, context, rtol, defs)
 
 
-def _physics_match_one(answer: str, prepared: list[tuple[str, str]], context: str, rtol: float) -> tuple[bool, str]:
+def _physics_match_one(
+    answer: str, prepared: list[tuple[str, str]], context: str, rtol: float, defs: _Defs | None = None, loose: bool = True
+) -> tuple[bool, str]:
+    """One listed value vs the candidates. ``loose=False`` skips the text-containment / prose fallbacks."""
+    ok, why = _physics_match_text(answer, prepared, context, rtol, defs, loose)
+    if ok or not loose:
+        return ok, why
+    # "V(\mathbf{r})" and "V" name the same function: retry with coordinate arguments dropped (math only).
+    bare = _drop_function_args(_norm_latex(answer))
+    if bare != _norm_latex(answer):
+        ok2, why2 = _physics_match_text(bare, prepared, context, rtol, defs, loose=False)
+        if ok2:
+            return True, why2 + " (function arguments dropped)"
+    return ok, why
+
+
+def _physics_match_text(
+    answer: str, prepared: list[tuple[str, str]], context: str, rtol: float, defs: _Defs | None, loose: bool
+) -> tuple[bool, str]:
     ref_text = _prepare(answer)
     key = _text_key(ref_text)
     full_key = _text_key(answer)
@@ -948,9 +1029,11 @@ def _physics_match_one(answer: str, prepared: list[tuple[str, str]], context: st
     else:
         ref = _to_sympy(ref_text)
         if ref is not None:
-            same, why = _physics_symbolic(ref, ref_text, prepared, rtol)
+            same, why = _physics_symbolic(ref, ref_text, prepared, rtol, defs)
             if same:
                 return True, why
+    if not loose:
+        return False, why
     # Not decided as math: the reference text inside the candidate text, or prose keywords.
     context_key = _text_key(context)
     if (len(key) >= 6 and key in context_key) or (len(full_key) >= 6 and full_key in context_key):
@@ -968,12 +1051,24 @@ def _physics_match_one(answer: str, prepared: list[tuple[str, str]], context: st
     return False, why
 
 
-def _physics_symbolic(ref: Any, ref_text: str, prepared: list[tuple[str, str]], rtol: float) -> tuple[bool, str]:
+def _physics_symbolic(
+    ref: Any, ref_text: str, prepared: list[tuple[str, str]], rtol: float, defs: _Defs | None = None
+) -> tuple[bool, str]:
     ref_ids = _identifiers(ref_text)
-    tried = 0
+    allowed = ref_ids | {"\\mu"}
+    def_ids = set().union(*(_identifiers(k) for k in defs)) if defs else set()
+    tried = substituted = 0
     for raw, prep in prepared:
         ids = _identifiers(prep)
-        if ref.free_symbols and not (ids and ids <= ref_ids | {"\\mu"}):
+        if ref.free_symbols and not (ids and ids <= allowed):
+            # Symbols the reference lacks but the response defines ("where $d = 1/N$"): substitute them.
+            if defs and ids and ids - allowed <= def_ids and substituted < _MAX_DEF_SUBSTITUTIONS:
+                substituted += 1
+                cand = _to_sympy(prep)
+                for variant in _substitute_definitions(cand, ref, defs) if cand is not None else []:
+                    same, why = equivalent(ref, variant, rtol=rtol)
+                    if same:
+                        return True, why + " after substituting the response's definitions"
             continue
         if not ref.free_symbols:
             got = _leading_number(prep)
@@ -993,6 +1088,129 @@ def _physics_symbolic(ref: Any, ref_text: str, prepared: list[tuple[str, str]], 
         if tried >= 60:
             break
     return False, f"no candidate matched ({tried} compared)"
+
+
+_MAX_DEF_SUBSTITUTIONS = 30
+_COORD = r"(?:\\(?:mathbf|vec|boldsymbol|bm)\s*\{\s*[rx]\s*\}|[rxyzt])'?"
+_FUNC_ARGS = re.compile(
+    r"((?<![\\A-Za-z])(?:\\(?:mathbf|vec|boldsymbol|bm)\s*\{[A-Za-z]\}|\\(?:psi|phi|varphi|rho|sigma|Phi|Psi)|[A-Za-z])"
+    r"(?:_\{[^{}]*\}|_[A-Za-z0-9])?)\s*\(\s*" + _COORD + r"(?:\s*,\s*" + _COORD + r")*\s*\)"
+)
+
+
+def _drop_function_args(s: str) -> str:
+    """``V(\\mathbf{r}) e^{ikz}`` -> ``V e^{ikz}``: a one-letter function of coordinates (r, x, y, z, t) only."""
+    return _FUNC_ARGS.sub(r"\1", s)
+
+
+_DEF_LHS = re.compile(r"(?:\\[A-Za-z]+|[A-Za-z])(?:_\{[A-Za-z0-9]+\}|_[A-Za-z0-9])?")
+_NOT_SYMBOLS = {"\\sin", "\\cos", "\\tan", "\\exp", "\\ln", "\\log", "\\sqrt", "\\frac", "\\cdot", "\\times", "\\pi", "\\infty"}
+
+
+def _relation_chain(s: str) -> tuple[list[str], list[str]]:
+    """Top-level pieces of ``a = b \\approx c`` and the relations between them."""
+    pieces, rels, depth, start, i = [], [], 0, 0, 0
+    while i < len(s):
+        ch = s[i]
+        if ch in "{([":
+            depth += 1
+        elif ch in "})]":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            m = _RELATIONS.match(s, i)
+            if m:
+                pieces.append(s[start:i])
+                rels.append(m.group(0))
+                start = i = m.end()
+                continue
+        i += 1
+    pieces.append(s[start:])
+    return [p.strip() for p in pieces], rels
+
+
+def _definitions(response: str) -> _Defs:
+    """Equalities ``X = expr`` the response states, X a single symbol (``d``, ``Z_1``, ``\\omega_l``).
+
+    Only chains whose relations are all ``=`` (or ``:=``, ``\\equiv``) count; every right-hand piece is a
+    definition of X. Keys are the normalized LHS text.
+    """
+    defs: _Defs = {}
+    for seg in _math_segments(response):
+        seg = _norm_latex(seg)
+        seg = re.sub(r"\\(?:begin|end)\{[a-z*]*\}|\\tag\{[^{}]*\}", "\n", seg)
+        for line in re.split(r"\\\\|\n|\\quad|\\qquad|&", seg):
+            for piece in split_top_level(line):
+                pieces, rels = _relation_chain(piece)
+                if not rels or any(r not in ("=", ":=", "\\equiv") for r in rels):
+                    continue
+                lhs = pieces[0]
+                if not _DEF_LHS.fullmatch(lhs) or lhs in _NOT_SYMBOLS:
+                    continue
+                for rhs in pieces[1:]:
+                    rhs = rhs.strip().rstrip(".,;").strip()
+                    if rhs and len(rhs) < 300 and len(defs.get(lhs, [])) < 3:
+                        defs.setdefault(lhs, []).append(rhs)
+        if sum(len(v) for v in defs.values()) > 200:
+            break
+    return defs
+
+
+def _substitute_definitions(cand: Any, ref: Any, defs: _Defs) -> list[Any]:
+    """``cand`` with symbols absent from ``ref`` replaced by their definitions (up to 3 rounds).
+
+    Two variants: the first and the last stated definition of each symbol. A variant is returned only
+    when every remaining symbol is one of the reference's.
+    """
+    ref_keys = {_sym_key(x.name) for x in ref.free_symbols}
+    parsed: dict[str, list[Any]] = {}
+    for lhs, rhss in defs.items():
+        lhs_expr = _to_sympy(lhs)
+        if lhs_expr is None or not lhs_expr.is_Symbol:
+            continue
+        key = _sym_key(lhs_expr.name)
+        if key in ref_keys:
+            continue  # never rewrite the reference's own symbols
+        for rhs in rhss:
+            e = _to_sympy(_strip_units(rhs))
+            if e is not None and key not in {_sym_key(x.name) for x in e.free_symbols}:
+                parsed.setdefault(key, []).append(e)
+    if not parsed:
+        return []
+    out = []
+    for pick in (0, -1):
+        expr = cand
+        for _ in range(3):
+            subs = {x: parsed[_sym_key(x.name)][pick] for x in expr.free_symbols if _sym_key(x.name) in parsed}
+            if not subs:
+                break
+            expr = _bounded(lambda e=expr, m=subs: e.xreplace(m), _PARSE_SECONDS, None)
+            if expr is None:
+                break
+        if expr is not None and {_sym_key(x.name) for x in expr.free_symbols} <= ref_keys and expr is not cand:
+            if all(expr != o for o in out):
+                out.append(expr)
+    return out
+
+
+def _chosen_option(question: str, response: str, cands: list[str], scanned: bool) -> tuple[str, str] | None:
+    """A multiple-choice pick: the response's final answer is only a label ("(c)") that the question lists.
+
+    Returns (label, the option's text) or None. The option must be on one line of the question, as
+    "(c) text"; the label alone is not evidence of anything else.
+    """
+    final = extract_final_answer(response) if scanned else (cands[0] if len(cands) == 1 else None)
+    if not final:
+        return None
+    final = re.sub(r"\\text\s*\{([^{}]*)\}|\\mathrm\s*\{([^{}]*)\}", lambda m: m.group(1) or m.group(2) or "", final)
+    m = re.fullmatch(r"\s*(?:\(\s*([a-hA-H])\s*\)|([a-hA-H]))\s*\.?\s*", final)
+    if not m or not isinstance(question, str):
+        return None
+    label = (m.group(1) or m.group(2)).lower()
+    opt = re.search(r"(?:^|\s)\(\s*" + label + r"\s*\)\s*([^\n]+)", question, re.IGNORECASE)
+    if not opt:
+        return None
+    text = re.split(r"\s\([a-h]\)\s", opt.group(1))[0].strip().rstrip(";.,").strip()
+    return (label, text) if text else None
 
 
 def _as_float(expr: Any) -> float:
