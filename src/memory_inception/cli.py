@@ -440,7 +440,7 @@ def serve(
 
 @app.command("eval")
 def eval_(
-    task: Annotated[Optional[str], typer.Argument(help="Task: bigfive, bigfive-generation, dialogue, persistence, capability, storage (or from --config).")] = None,
+    task: Annotated[Optional[str], typer.Argument(help="Task: bigfive, bigfive-generation, dialogue, persistence, capability, storage, hardmath, physics (or from --config).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Task config (.toml/.yaml): model, methods, personas, strengths, sites, seeds, [options].")] = None,
     model: ModelOpt = None,
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated: plain,prompting,caa,mi.")] = None,

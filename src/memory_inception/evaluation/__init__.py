@@ -14,17 +14,22 @@ from pathlib import Path
 from ..errors import EvaluationError
 from .base import Context, Task, Unit
 from .capability import Capability
-from .config import ALL_PERSONAS, METHODS, CAAConfig, EvalConfig, MIConfig, from_dict, load_config
+from .config import ALL_PERSONAS, METHODS, TASK_NAMES, CAAConfig, EvalConfig, MIConfig, from_dict, load_config
 from .dialogue import DialogueShift
 from .personality import BigFiveGeneration, BigFiveSelfReport
 from .persistence import Persistence
+from .reasoning import HardMath, Physics
 from .runner import config_path, read_records, records_path, run_task
 from .storage import KVDims, Storage, published_dims
 
 TASKS: dict[str, Task] = {
     t.name: t
-    for t in (BigFiveSelfReport(), BigFiveGeneration(), DialogueShift(), Persistence(), Capability(), Storage())
+    for t in (
+        BigFiveSelfReport(), BigFiveGeneration(), DialogueShift(), Persistence(), Capability(), Storage(), HardMath(), Physics()
+    )
 }
+
+assert tuple(TASKS) == TASK_NAMES
 
 
 def get_task(name: str) -> Task:

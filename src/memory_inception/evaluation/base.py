@@ -101,15 +101,22 @@ class Context:
 
     def bank(self, persona: str) -> Bank:
         """The persona's bank, built once and kept in `out/banks/` (reloaded with a fingerprint check)."""
-        if persona not in self._banks:
-            path = self.out / "banks" / f"{persona.replace(':', '-')}.safetensors"
+        return self.text_bank(persona.replace(":", "-"), self.persona_text(persona))
+
+    def text_bank(self, name: str, text: str, pooling: str = "concat") -> Bank:
+        """A bank of `text` under `name`, built once per run directory (`out/banks/NAME[-mean].safetensors`)."""
+        key = name if pooling == "concat" else f"{name}-{pooling}"
+        if key not in self._banks:
+            path = self.out / "banks" / f"{key}.safetensors"
             if path.is_file():
-                self._banks[persona] = Bank.load(path, self.model)
+                bank = Bank.load(path, self.model)
+                if bank.text != text:
+                    raise EvaluationError(f"{path} holds a bank of different text; delete it to rebuild")
             else:
-                bank = build_bank(self.model, self.tokenizer, self.persona_text(persona), name=persona)
+                bank = build_bank(self.model, self.tokenizer, text, name=name, pooling=pooling)  # type: ignore[arg-type]
                 _atomic(path, bank.save)
-                self._banks[persona] = bank
-        return self._banks[persona]
+            self._banks[key] = bank
+        return self._banks[key]
 
     def vector(self, trait: str) -> SteeringVector:
         """CAA steering vector for `trait` (high minus low), from persona statements disjoint from scoring."""

@@ -15,6 +15,7 @@ from ..steering import DEFAULT_RHO
 from ..traits import TRAITS, check_trait
 
 METHODS = ("plain", "prompting", "caa", "mi")
+TASK_NAMES = ("bigfive", "bigfive-generation", "dialogue", "persistence", "capability", "storage", "hardmath", "physics")
 POLES = ("high", "low")
 ALL_PERSONAS = tuple(f"{t}:{p}" for t in TRAITS for p in POLES)
 
@@ -117,7 +118,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EvalConfig:
     if "task" not in data:
         raise EvaluationError("no task given: name it on the command line or as `task = ...` in the config file")
     options = data.get("options")
-    if isinstance(options, dict) and any(isinstance(v, dict) for v in options.values()):
+    if isinstance(options, dict) and options and set(options) <= set(TASK_NAMES):
         # one file for several tasks: [options.TASK] tables; take this task's
         data["options"] = dict(options.get(data["task"], {}))
     return from_dict(data)

@@ -1,0 +1,244 @@
+"""Structured reasoning: HARDMath and PHYSICS with heuristic guidance, by problem type and answer mode.
+
+Each problem is routed to its type's process checklist (the oracle type, or keywords), plus auxiliary texts
+(planner, algebra hygiene, final-answer checker). Prompting shows them as one system message; MI reads the
+type's bank as the target and the auxiliary banks with their gains. Cells are type x mode (direct answer, or
+step-by-step with a larger budget); the table gives accuracy per method and MI minus prompting per cell.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..architecture import geometry
+from ..errors import EvaluationError
+from ..methods import MI, Method, Plain, Prompting, generate
+from ..sites import Sites
+from ..steering import Steering
+from .analysis import fmt, nanmean, table
+from .base import Context, Task, Unit
+from .config import EvalConfig
+
+REASONING_METHODS = ("plain", "prompting", "mi")
+CHUNK = 4
+
+
+@dataclass
+class ReasoningOptions:
+    per_cell: int = 4  # problems per type (the same problems in every mode and method)
+    modes: list[str] = field(default_factory=lambda: ["direct", "steps"])
+    routing: str = "oracle"  # "oracle" (the known type) or "keywords"
+    auxiliary: list[str] = field(default_factory=lambda: ["planner", "algebra", "checker"])
+    aux_gains: dict[str, float] = field(default_factory=dict)  # overrides heuristics.DEFAULT_AUX_GAINS
+    pooling: str = "concat"  # MI banks: "concat" (a slot per token) or "mean" (one slot per bank)
+    direct_tokens: int | None = None  # None: heuristics.MODE_TOKENS
+    steps_tokens: int | None = None
+
+
+def sample(problems: list[Any], kinds: list[str], per_cell: int, seed: int) -> dict[str, list[Any]]:
+    """`per_cell` problems of each type, drawn with `seed`, kept in dataset order."""
+    out = {}
+    for kind in kinds:
+        pool = [p for p in problems if p.kind == kind]
+        rng = random.Random(f"{seed}-{kind}")
+        picked = sorted(rng.sample(range(len(pool)), min(per_cell, len(pool))))
+        out[kind] = [pool[i] for i in picked]
+    return out
+
+
+class ReasoningTask(Task):
+    benchmark: ClassVar[str]
+    Options = ReasoningOptions
+
+    def _problems(self) -> tuple[list[Any], list[str]]:
+        from ..reasoning import hardmath_kinds, load_hardmath, load_physics, physics_subjects
+
+        if self.benchmark == "hardmath":
+            return load_hardmath(), hardmath_kinds()
+        return load_physics(), physics_subjects()
+
+    def _check(self, opts: ReasoningOptions) -> None:
+        from ..heuristics import AUXILIARY, MODES
+
+        bad = [m for m in opts.modes if m not in MODES]
+        if bad or not opts.modes:
+            raise EvaluationError(f"unknown mode(s) {bad or '(none)'}; choose from {', '.join(MODES)}")
+        if opts.routing not in ("oracle", "keywords"):
+            raise EvaluationError(f"routing must be 'oracle' or 'keywords', not {opts.routing!r}")
+        if opts.pooling not in ("concat", "mean"):
+            raise EvaluationError(f"pooling must be 'concat' or 'mean', not {opts.pooling!r}")
+        unknown = [a for a in list(opts.auxiliary) + list(opts.aux_gains) if a not in AUXILIARY]
+        if unknown:
+            raise EvaluationError(f"unknown auxiliary bank(s) {unknown}; choose from {', '.join(AUXILIARY)}")
+
+    def units(self, ctx: Context) -> Iterable[Unit]:
+        opts = self.options(ctx.cfg)
+        self._check(opts)
+        problems, kinds = self._problems()
+        per_cell = min(opts.per_cell, ctx.cfg.limit) if ctx.cfg.limit else opts.per_cell
+        cells = sample(problems, kinds, per_cell, ctx.cfg.seed)
+        methods = [m for m in ctx.cfg.methods if m in REASONING_METHODS]
+        yield Unit("storage", {"kind": "storage"})
+        for kind in kinds:
+            ids = [p.id for p in cells[kind]]
+            for mode in opts.modes:
+                for method in methods:
+                    for start in range(0, len(ids), CHUNK):
+                        yield Unit(f"{kind}|{mode}|{method}|{start}",
+                                   {"kind": "cell", "type": kind, "mode": mode, "method": method,
+                                    "ids": ids[start : start + CHUNK]})
+
+    # ---- methods --------------------------------------------------------------------------------------
+    def _gains(self, opts: ReasoningOptions) -> dict[str, float]:
+        from ..heuristics import DEFAULT_AUX_GAINS
+
+        return {**DEFAULT_AUX_GAINS, **opts.aux_gains}
+
+    def _mi(self, ctx: Context, guide: Any, opts: ReasoningOptions, pooling: str) -> MI:
+        gains = self._gains(opts)
+        target = ctx.text_bank(f"{self.benchmark}-{guide.key}", guide.heuristic, pooling)
+        aux = tuple((ctx.text_bank(f"aux-{name}", text, pooling), gains[name]) for name, text, _ in guide.auxiliary)
+        return MI(Steering(target=target, auxiliary=aux, sites=ctx.sites(), rho=ctx.cfg.rho,
+                           schedule=ctx.cfg.mi.schedule, prefill=ctx.cfg.mi.prefill))  # type: ignore[arg-type]
+
+    def _method(self, ctx: Context, name: str, guide: Any, opts: ReasoningOptions) -> Method:
+        if name == "plain":
+            return Plain()
+        if name == "prompting":
+            return Prompting(guide.prompt_text())
+        return self._mi(ctx, guide, opts, opts.pooling)
+
+    def _guide(self, problem: Any, opts: ReasoningOptions) -> Any:
+        from ..heuristics import guidance
+
+        return guidance(problem, how=opts.routing, auxiliary=tuple(opts.auxiliary))
+
+    # ---- running ----------------------------------------------------------------------------------------
+    def run(self, ctx: Context, unit: Unit) -> dict[str, Any]:
+        from ..grading import grade
+        from ..heuristics import MODE_TOKENS, mode_messages
+
+        opts = self.options(ctx.cfg)
+        if unit.fields["kind"] == "storage":
+            return self._storage(ctx, opts)
+        f = unit.fields
+        problems, _ = self._problems()
+        by_id = {p.id: p for p in problems}
+        chosen = [by_id[i] for i in f["ids"]]
+        budget = {"direct": opts.direct_tokens, "steps": opts.steps_tokens}.get(f["mode"]) or MODE_TOKENS[f["mode"]]
+        rows: list[dict[str, Any]] = []
+        groups: dict[str, list[Any]] = {}
+        guides = {p.id: self._guide(p, opts) for p in chosen}
+        for p in chosen:  # problems routed to the same heuristic share a method (and a batch)
+            groups.setdefault(guides[p.id].key, []).append(p)
+        for key, group in groups.items():
+            method = self._method(ctx, f["method"], guides[group[0].id], opts)
+            ctx.seed()
+            replies = generate(ctx.model, ctx.tokenizer, method, [mode_messages(p, f["mode"]) for p in group],
+                               max_new_tokens=budget, batch_size=ctx.cfg.batch_size)
+            for p, reply in zip(group, replies):
+                g = grade(p, reply)
+                rows.append({"id": p.id, "routed": key, "reply": reply, "extracted": g.extracted, "correct": g.correct,
+                             "score": g.score, "detail": g.detail[:300]})
+        return {"rows": rows, "correct": sum(r["correct"] for r in rows), "n": len(rows), "budget": budget}
+
+    def _storage(self, ctx: Context, opts: ReasoningOptions) -> dict[str, Any]:
+        """Per type: the prompting guidance's KV bytes and the MI banks' bytes with concat and mean pooling."""
+        from ..heuristics import AUXILIARY, HEURISTICS, Guidance
+
+        gains = self._gains(opts)
+        out = {}
+        aux = tuple((name, AUXILIARY[name], gains[name]) for name in opts.auxiliary)
+        for key, text in HEURISTICS[self.benchmark].items():
+            guide = Guidance(key=key, heuristic=text, auxiliary=aux)
+            prompting = ctx.cost(Prompting(guide.prompt_text()))
+            entry = {"prompt_tokens": prompting["visible_tokens"], "prompting_bytes": prompting["cache_bytes"]}
+            for pooling in ("concat", "mean"):
+                mi = self._mi(ctx, guide, opts, pooling)
+                entry[f"mi_{pooling}_bytes"] = ctx.cost(mi)["stored_bytes"]
+                entry[f"mi_{pooling}_slots"] = sum(b.num_slots for _, b in mi.steering.banks)
+            out[key] = entry
+        sites = ctx.sites() or Sites.default(ctx.model)
+        return {"storage": out, "site_layers": len(sites.resolve(geometry(ctx.model)))}
+
+    # ---- report -----------------------------------------------------------------------------------------
+    def report(self, records: list[dict[str, Any]], cfg: EvalConfig, out: Path) -> str:
+        title = "HARDMath mini" if self.benchmark == "hardmath" else "PHYSICS (text-only validation)"
+        cells = [r for r in records if r.get("kind") == "cell"]
+        opts = self.Options(**cfg.options)
+        modes = [m for m in opts.modes if any(r["mode"] == m for r in cells)]
+        methods = [m for m in REASONING_METHODS if any(r["method"] == m for r in cells)]
+        acc: dict[tuple[str, str, str], list[int]] = {}
+        for r in cells:
+            c = acc.setdefault((r["type"], r["mode"], r["method"]), [0, 0])
+            c[0] += r["correct"]
+            c[1] += r["n"]
+        types = list(dict.fromkeys(r["type"] for r in cells))
+        header = ["type"]
+        for mode in modes:
+            header += [f"{mode}: {m}" for m in methods] + ([f"{mode}: MI − prompting"] if {"mi", "prompting"} <= set(methods) else [])
+        body, wins = [], {"MI better": 0, "tie": 0, "prompting better": 0}
+        totals: dict[tuple[str, str], list[int]] = {}
+        for kind in types + ["all"]:
+            row = [kind]
+            for mode in modes:
+                values = {}
+                for m in methods:
+                    if kind == "all":
+                        c = totals.get((mode, m), [0, 0])
+                    else:
+                        c = acc.get((kind, mode, m), [0, 0])
+                        t = totals.setdefault((mode, m), [0, 0])
+                        t[0] += c[0]
+                        t[1] += c[1]
+                    values[m] = c[0] / c[1] if c[1] else float("nan")
+                    row.append(f"{c[0]}/{c[1]}")
+                if {"mi", "prompting"} <= set(methods):
+                    d = values["mi"] - values["prompting"]
+                    row.append(fmt(d, 2, signed=True))
+                    if kind != "all":
+                        wins["MI better" if d > 0 else "prompting better" if d < 0 else "tie"] += 1
+            body.append(row)
+        parts = [f"## {title} ({cfg.model})", "",
+                 f"{opts.per_cell} problems per type (seeded sample, the same in every cell), routing: {opts.routing}, "
+                 f"auxiliary banks: {', '.join(opts.auxiliary) or 'none'}, MI pooling: {opts.pooling}, MI rho {cfg.rho:g}. "
+                 "Modes: direct (final answer only) and steps (step-by-step, larger budget). Graded offline "
+                 "(memory_inception.grading). CAA is not run here: a heuristic checklist has no contrast pairs.", "",
+                 table(header, body), ""]
+        if {"mi", "prompting"} <= set(methods):
+            parts += [f"Cells (type x mode): MI better in {wins['MI better']}, tie in {wins['tie']}, prompting better in "
+                      f"{wins['prompting better']}.", ""]
+        store = next((r for r in records if r.get("kind") == "storage"), None)
+        if store:
+            rows = []
+            for key, e in store["storage"].items():
+                rows.append([key, e["prompt_tokens"], f"{e['prompting_bytes']:,}", e["mi_concat_slots"], f"{e['mi_concat_bytes']:,}",
+                             f"{e['prompting_bytes'] / e['mi_concat_bytes']:.1f}x", e["mi_mean_slots"], f"{e['mi_mean_bytes']:,}",
+                             f"{e['prompting_bytes'] / e['mi_mean_bytes']:.0f}x"])
+            parts += ["KV storage per type (heuristic + auxiliary texts): prompting caches every token at every layer; "
+                      f"MI keeps the banks' slots at the {store['site_layers']} site layers, concatenated (one slot per "
+                      "token) or mean-pooled (one slot per bank).", "",
+                      table(["type", "prompt tokens", "prompting bytes", "MI slots (concat)", "MI bytes (concat)",
+                             "ratio (concat)", "MI slots (mean)", "MI bytes (mean)", "ratio (mean)"], rows), ""]
+        examples = [r for r in cells if r["method"] == "mi"][:1]
+        for r in examples:
+            row = r["rows"][0]
+            parts += [f"Example ({r['type']}, {r['mode']}, MI): extracted {row['extracted']!r}, correct {row['correct']}; "
+                      f"reply starts {row['reply'][:200]!r}", ""]
+        return "\n".join(parts)
+
+
+class HardMath(ReasoningTask):
+    name = "hardmath"
+    benchmark = "hardmath"
+    summary = "HARDMath mini: heuristic banks vs the same heuristics in the prompt, type x answer-mode cells"
+
+
+class Physics(ReasoningTask):
+    name = "physics"
+    benchmark = "physics"
+    summary = "PHYSICS text-only: heuristic banks vs the same heuristics in the prompt, subject x answer-mode cells"
