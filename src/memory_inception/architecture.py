@@ -41,7 +41,11 @@ def text_config(model: nn.Module):
 
 def geometry(model: nn.Module) -> ModelGeometry:
     """Read the attention geometry from the model's config."""
-    cfg = text_config(model)
+    return config_geometry(text_config(model))
+
+
+def config_geometry(cfg) -> ModelGeometry:
+    """The attention geometry described by a (text) config, without a model (the vLLM worker has none)."""
     num_heads = cfg.num_attention_heads
     num_kv = getattr(cfg, "num_key_value_heads", None) or num_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads
@@ -113,10 +117,13 @@ def model_fingerprint(model: nn.Module) -> str:
 
     Banks carry it so that a bank is never read by a model it was not built from.
     """
-    geo = geometry(model)
+    return weights_fingerprint(geometry(model), attention_modules(model)[0].k_proj.weight)
+
+
+def weights_fingerprint(geo: ModelGeometry, first_key_projection: torch.Tensor) -> str:
+    """`model_fingerprint` from the geometry and layer 0's key projection weight (e.g. read from a checkpoint)."""
     h = hashlib.sha256(json.dumps(geo.__dict__, sort_keys=True).encode())
-    first = attention_modules(model)[0]
-    weight = first.k_proj.weight.detach().to(device="cpu", dtype=torch.float32)
+    weight = first_key_projection.detach().to(device="cpu", dtype=torch.float32)
     # bfloat16 rounding makes fp32 and bf16 copies of one checkpoint agree.
     h.update(weight.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
     return h.hexdigest()[:16]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .architecture import (
+    ModelGeometry,
     apply_rope,
     attention_modules,
     geometry,
@@ -45,74 +46,16 @@ class Injection:
     # ---- planning -----------------------------------------------------------------------------------
     def _plan(self) -> dict[int, LayerPlan]:
         model, st = self.model, self.steering
-        geo = geometry(model)
-        sites = st.sites if st.sites is not None else Sites.default(model)
-        heads_per_layer = sites.resolve(geo)
-        if not heads_per_layer:
-            return {}
-        fingerprint = model_fingerprint(model)
-        for role, bank in st.banks:
-            bank.check_model(model, fingerprint)
-            missing = [layer for layer in heads_per_layer if layer not in bank.layers]
-            if missing:
-                raise SteeringError(
-                    f"the {role} bank {bank.name!r} has no slots for site layers {missing}; build it with "
-                    "layers=None (all layers) or with layers covering the sites"
-                )
-        ranks = sites.layer_ranks() if st.schedule == "rank_linear" else None
-        strengths = layer_strengths(list(heads_per_layer), st.rho, st.schedule, ranks)
-        gains = self._constant_gains()
         param = next(model.parameters())
-        prefix_rope = self._prefix_rope() if st.positions == "prefix" else None
-        plans = {}
-        for layer, heads in heads_per_layer.items():
-            rho_l = strengths[layer]
-            head_t = torch.tensor(heads, dtype=torch.long, device=param.device)
-            kv_index = head_t // geo.group_size
-            all_heads = len(heads) == geo.num_heads
-            keys = torch.cat([b.keys(layer) for _, b in st.banks], dim=1).to(param.device, param.dtype)
-            values = torch.cat([b.values(layer) for _, b in st.banks], dim=1).to(param.device, param.dtype)
-            if prefix_rope is not None:
-                keys = apply_rope(keys, *prefix_rope)
-            bias = []
-            for (role, bank), gain in zip(st.banks, gains):
-                m = bank.num_slots
-                constant = 0.0 if (st.gated and role in ("target", "reference")) else rho_l * gain
-                norm = -math.log(m) if st.normalize == "paper" else 0.0
-                bias.append(torch.full((m,), constant + norm))
-            target = slice(0, st.target.num_slots) if st.gated else None
-            reference = slice(st.target.num_slots, st.target.num_slots + st.reference.num_slots) if st.gated else None
-            plans[layer] = LayerPlan(
-                layer=layer,
-                heads=head_t,
-                kv_index=kv_index,
-                all_heads=all_heads,
-                group_size=geo.group_size,
-                bank_keys=(keys if all_heads else keys[kv_index]).contiguous(),
-                bank_values=(values if all_heads else values[kv_index]).contiguous(),
-                slot_bias=torch.cat(bias).to(param.device, param.dtype),
-                target=target,
-                reference=reference,
-                positive=rho_l * st.positive_gain,
-                negative=rho_l * st.negative_gain,
-                gate_scale=st.gate_scale,
-                canonical=st.positions == "canonical",
-                normalize=st.normalize == "paper",
-                state=self.state,
-            )
-        return plans
-
-    def _constant_gains(self) -> list[float]:
-        """Per bank, the gain multiplying rho_l when no gate applies (section 3's `c` without rho_l)."""
-        st = self.steering
-        out = []
-        for role, bank in st.banks:
-            if role == "target":
-                out.append(st.positive_gain)
-            elif role == "reference":
-                out.append(-st.negative_gain)
-        out += [gain for _, gain in st.auxiliary]
-        return out
+        return plan_layers(
+            st,
+            geometry(model),
+            fingerprint=model_fingerprint(model),
+            device=param.device,
+            dtype=param.dtype,
+            prefix_rope=self._prefix_rope() if st.positions == "prefix" else None,
+            state=self.state,
+        )
 
     def _prefix_rope(self) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of the prefix positions -M_total .. -1 (banks laid out in order before the first token)."""
@@ -128,7 +71,8 @@ class Injection:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         batch, q_len = (ids.shape if ids is not None else embeds.shape[:2])
-        cache = kwargs.get("past_key_values")
+        # transformers >= 5.20 passes the decoder's cache as `cache`, earlier versions as `past_key_values`
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None else 0
         self.state.rows = self._rows(explicit, batch, q_len, past, kwargs.get("attention_mask"))
         return args, kwargs
@@ -209,6 +153,93 @@ class Injection:
             self.model.set_attn_implementation(self._original_impl)
         self.state.rows = self.state.cos = self.state.sin = None
         self._active = False
+
+
+def plan_layers(
+    steering: Steering,
+    geo: ModelGeometry,
+    *,
+    fingerprint: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    prefix_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    state: ForwardState | None = None,
+) -> dict[int, LayerPlan]:
+    """Per site layer, the `LayerPlan` of `steering` on a model of geometry `geo` (no model needed).
+
+    Checks every bank against the model `fingerprint` and the site layers; `prefix_rope` is the cos/sin of
+    the prefix positions (needed for `positions="prefix"`). Shared by `inject` and the vLLM plugin.
+    """
+    st = steering
+    if not st.banks:
+        return {}
+    sites = st.sites if st.sites is not None else Sites.default(geo)
+    heads_per_layer = sites.resolve(geo)
+    if not heads_per_layer:
+        return {}
+    for role, bank in st.banks:
+        bank.check_model(None, fingerprint)
+        missing = [layer for layer in heads_per_layer if layer not in bank.layers]
+        if missing:
+            raise SteeringError(
+                f"the {role} bank {bank.name!r} has no slots for site layers {missing}; build it with "
+                "layers=None (all layers) or with layers covering the sites"
+            )
+    if st.positions == "prefix" and prefix_rope is None:
+        raise SteeringError("positions='prefix' needs the cos/sin of the prefix positions (prefix_rope)")
+    ranks = sites.layer_ranks() if st.schedule == "rank_linear" else None
+    strengths = layer_strengths(list(heads_per_layer), st.rho, st.schedule, ranks)
+    gains = _constant_gains(st)
+    state = state if state is not None else ForwardState()
+    plans = {}
+    for layer, heads in heads_per_layer.items():
+        rho_l = strengths[layer]
+        head_t = torch.tensor(heads, dtype=torch.long, device=device)
+        kv_index = head_t // geo.group_size
+        all_heads = len(heads) == geo.num_heads
+        keys = torch.cat([b.keys(layer) for _, b in st.banks], dim=1).to(device, dtype)
+        values = torch.cat([b.values(layer) for _, b in st.banks], dim=1).to(device, dtype)
+        if prefix_rope is not None:
+            keys = apply_rope(keys, *prefix_rope)
+        bias = []
+        for (role, bank), gain in zip(st.banks, gains):
+            m = bank.num_slots
+            constant = 0.0 if (st.gated and role in ("target", "reference")) else rho_l * gain
+            norm = -math.log(m) if st.normalize == "paper" else 0.0
+            bias.append(torch.full((m,), constant + norm))
+        target = slice(0, st.target.num_slots) if st.gated else None
+        reference = slice(st.target.num_slots, st.target.num_slots + st.reference.num_slots) if st.gated else None
+        plans[layer] = LayerPlan(
+            layer=layer,
+            heads=head_t,
+            kv_index=kv_index,
+            all_heads=all_heads,
+            group_size=geo.group_size,
+            bank_keys=(keys if all_heads else keys[kv_index]).contiguous(),
+            bank_values=(values if all_heads else values[kv_index]).contiguous(),
+            slot_bias=torch.cat(bias).to(device, dtype),
+            target=target,
+            reference=reference,
+            positive=rho_l * st.positive_gain,
+            negative=rho_l * st.negative_gain,
+            gate_scale=st.gate_scale,
+            canonical=st.positions == "canonical",
+            normalize=st.normalize == "paper",
+            state=state,
+        )
+    return plans
+
+
+def _constant_gains(st: Steering) -> list[float]:
+    """Per bank, the gain multiplying rho_l when no gate applies (section 3's `c` without rho_l)."""
+    out = []
+    for role, _bank in st.banks:
+        if role == "target":
+            out.append(st.positive_gain)
+        elif role == "reference":
+            out.append(-st.negative_gain)
+    out += [gain for _, gain in st.auxiliary]
+    return out
 
 
 def inject(model: nn.Module, steering: Steering | None) -> Injection:

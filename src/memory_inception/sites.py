@@ -78,9 +78,9 @@ class Sites:
         return cls({layer: None for layer in (range(n) if layers is None else layers)})
 
     @classmethod
-    def default(cls, model: nn.Module) -> Sites:
+    def default(cls, model: nn.Module | ModelGeometry) -> Sites:
         """The documented default for `sites=None`: all heads of six consecutive layers from 70% depth."""
-        n = geometry(model).num_layers
+        n = (model if isinstance(model, ModelGeometry) else geometry(model)).num_layers
         width = min(DEFAULT_BAND_WIDTH, n)
         start = min(int(round(DEFAULT_BAND_START * n)), n - width)
         return cls({layer: None for layer in range(start, start + width)})
