@@ -18,6 +18,7 @@ from memory_inception.inventory import (
     item_scores,
     keyed_argmax,
     keyed_expectation,
+    letter_logprobs,
     load_inventory,
     option_tokens,
     trait_scores,
@@ -143,14 +144,22 @@ def test_trait_scores_average_per_trait():
 def test_option_tokens_after_a_separate_paren(letter_tokenizer):
     prefix, ids = option_tokens(letter_tokenizer)
     assert prefix == "("
-    assert ids == [letter_tokenizer.convert_tokens_to_ids(x) for x in LIKERT_LETTERS]
+    assert ids == [(letter_tokenizer.convert_tokens_to_ids(x),) for x in LIKERT_LETTERS]
 
 
 def test_option_tokens_merged_paren_letter():
     tok = _tokenizer(merged=True)
     prefix, ids = option_tokens(tok)
     assert prefix == ""
-    assert ids == [tok.convert_tokens_to_ids(f"({x}") for x in LIKERT_LETTERS]
+    # both ways of starting the answer: the merged "(A" and the bare letter "A"
+    assert ids == [(tok.convert_tokens_to_ids(f"({x}"), tok.convert_tokens_to_ids(x)) for x in LIKERT_LETTERS]
+
+
+def test_letter_logprobs_sum_the_variants_of_a_letter():
+    # vocab of 4: letter 0 starts with token 0 or 2, letter 1 with token 1 only
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    got = letter_logprobs(probs.log(), [(0, 2), (1,)]).exp()
+    assert torch.allclose(got, torch.tensor([[0.4, 0.2]], dtype=torch.double))
 
 
 def test_option_tokens_refuse_a_tokenizer_without_the_letters(tiny_tokenizer):
@@ -171,8 +180,9 @@ def test_item_scores_on_a_tiny_model(tiny_models, letter_tokenizer, merged):
         assert [s.id for s in scores] == [it.id for it in items]
         prefix, ids = option_tokens(tok)
         table = next_token_logprobs(model, tok, method, [item_messages(it) for it in items], answer_prefix=prefix)
-        want = torch.softmax(table[:, ids].double(), dim=-1)
-        mass = table[:, ids].exp().sum(-1)
+        per_letter = torch.stack([table[:, list(v)].double().exp().sum(-1) for v in ids], dim=-1)
+        want = per_letter / per_letter.sum(-1, keepdim=True)
+        mass = per_letter.sum(-1)
         for row, (s, item) in enumerate(zip(scores, items)):
             assert (s.trait, s.key) == (item.trait, item.key)
             assert sum(s.probs) == pytest.approx(1.0, abs=1e-9)

@@ -105,32 +105,43 @@ def item_messages(item: InventoryItem) -> list[dict[str, str]]:
     return [{"role": "user", "content": TEMPLATE.format(statement=statement, options=options)}]
 
 
-def option_tokens(tokenizer: Any) -> tuple[str, list[int]]:
-    """The answer prefix and the token id of each option letter as the assistant's next token after it.
+def option_tokens(tokenizer: Any) -> tuple[str, list[tuple[int, ...]]]:
+    """The answer prefix and, per option letter, the token ids that start the reply with that letter.
 
-    Normally the reply is prefilled with "(" and the letters are read after it (SmolLM2). When the tokenizer
-    merges "(" with the letter into one token (Qwen2.5's "(A"), the prefix is "" and the merged tokens are read.
+    Normally the reply is prefilled with "(" and the letter token after it is read (SmolLM2). When the tokenizer
+    merges "(" with the letter into one token (Qwen2.5's "(A"), nothing is prefilled and both ways of starting
+    the answer are read: the merged "(A" and the bare letter "A" (Qwen2.5 mostly answers with the bare letter).
     """
     base = tokenizer.apply_chat_template(
         item_messages(InventoryItem(0, "Worry about things", "neuroticism", "Anxiety", 1)),
         add_generation_prompt=True,
         tokenize=False,
     )
-    for prefix, glued in ((ANSWER_PREFIX, ""), ("", ANSWER_PREFIX)):
-        prompt = _encode(tokenizer, base + prefix)
-        if prefix and prompt != _encode(tokenizer, base) + _encode(tokenizer, prefix):
-            continue  # the prefix must append as its own tokens, as next_token_logprobs appends it
-        ids = []
-        for letter in LIKERT_LETTERS:
-            full = _encode(tokenizer, base + prefix + glued + letter)
-            if len(full) == len(prompt) + 1 and full[: len(prompt)] == prompt:
-                ids.append(full[-1])
-        if len(ids) == len(LIKERT_LETTERS) and len(set(ids)) == len(ids):
-            return prefix, ids
+
+    def single(prompt: list[int], text: str) -> int | None:
+        full = _encode(tokenizer, text)
+        return full[-1] if len(full) == len(prompt) + 1 and full[: len(prompt)] == prompt else None
+
+    prompt = _encode(tokenizer, base + ANSWER_PREFIX)
+    if prompt == _encode(tokenizer, base) + _encode(tokenizer, ANSWER_PREFIX):  # "(" appends as its own tokens
+        ids = [single(prompt, base + ANSWER_PREFIX + letter) for letter in LIKERT_LETTERS]
+        if None not in ids and len(set(ids)) == len(ids):
+            return ANSWER_PREFIX, [(i,) for i in ids]  # type: ignore[misc]
+    prompt = _encode(tokenizer, base)
+    merged = [single(prompt, base + ANSWER_PREFIX + letter) for letter in LIKERT_LETTERS]
+    if None not in merged and len(set(merged)) == len(merged):
+        bare = [single(prompt, base + letter) for letter in LIKERT_LETTERS]
+        use_bare = None not in bare and len(set(bare) | set(merged)) == 2 * len(bare)
+        return "", [(m, b) if use_bare else (m,) for m, b in zip(merged, bare)]  # type: ignore[misc]
     raise EvaluationError(
         "neither the letters after '(' nor '(' with each letter are single distinct tokens with this tokenizer; "
         "the inventory reads one next-token probability per option letter"
     )
+
+
+def letter_logprobs(table: torch.Tensor, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """`[N, 5]` log-probability of each option letter: log-sum-exp over the tokens that start it."""
+    return torch.stack([torch.logsumexp(table[:, list(variants)].double(), dim=-1) for variants in ids], dim=-1)
 
 
 def keyed_values(key: int) -> tuple[int, ...]:
@@ -174,7 +185,7 @@ def item_scores(
     table = next_token_logprobs(
         model, tokenizer, method, [item_messages(it) for it in items], answer_prefix=prefix, batch_size=batch_size
     )
-    letters = table[:, ids].double()
+    letters = letter_logprobs(table, ids)
     mass = letters.exp().sum(dim=-1)
     probs = torch.softmax(letters, dim=-1)
     out = []
