@@ -42,7 +42,7 @@ OPTIONS = {
     "capability": {"gsm8k": 2, "mmlu": 3, "gsm8k_max_new_tokens": 8},
     "storage": {},
     "hardmath": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "routing": "keywords"},
-    "physics": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "pooling": "mean", "aux_gains": {"checker": 1.0}},
+    "physics": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "poolings": ["mean"], "aux_gains": {"checker": 1.0}},
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..traits import TRAITS
 
-METHOD_COLORS = {"plain": "#7f7f7f", "prompting": "#1f77b4", "caa": "#ff7f0e", "mi": "#2ca02c"}
+METHOD_COLORS = {"plain": "#7f7f7f", "prompting": "#1f77b4", "caa": "#ff7f0e", "mi": "#2ca02c", "mi-mean": "#98df8a"}
 
 
 def nanmean(values: Sequence[float]) -> float:

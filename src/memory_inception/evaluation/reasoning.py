@@ -27,6 +27,17 @@ REASONING_METHODS = ("plain", "prompting", "mi")
 CHUNK = 4
 
 
+def method_labels(methods: list[str], poolings: list[str]) -> list[str]:
+    """Cell methods: plain and prompting as named, MI once per pooling ("mi" = concat, "mi-mean")."""
+    out = []
+    for m in methods:
+        if m == "mi":
+            out += ["mi" if p == "concat" else f"mi-{p}" for p in poolings]
+        elif m in REASONING_METHODS:
+            out.append(m)
+    return out
+
+
 @dataclass
 class ReasoningOptions:
     per_cell: int = 4  # problems per type (the same problems in every mode and method)
@@ -34,7 +45,7 @@ class ReasoningOptions:
     routing: str = "oracle"  # "oracle" (the known type) or "keywords"
     auxiliary: list[str] = field(default_factory=lambda: ["planner", "algebra", "checker"])
     aux_gains: dict[str, float] = field(default_factory=dict)  # overrides heuristics.DEFAULT_AUX_GAINS
-    pooling: str = "concat"  # MI banks: "concat" (a slot per token) or "mean" (one slot per bank)
+    poolings: list[str] = field(default_factory=lambda: ["concat", "mean"])  # MI banks: a slot per token, or one per bank
     direct_tokens: int | None = None  # None: heuristics.MODE_TOKENS
     steps_tokens: int | None = None
 
@@ -69,8 +80,9 @@ class ReasoningTask(Task):
             raise EvaluationError(f"unknown mode(s) {bad or '(none)'}; choose from {', '.join(MODES)}")
         if opts.routing not in ("oracle", "keywords"):
             raise EvaluationError(f"routing must be 'oracle' or 'keywords', not {opts.routing!r}")
-        if opts.pooling not in ("concat", "mean"):
-            raise EvaluationError(f"pooling must be 'concat' or 'mean', not {opts.pooling!r}")
+        bad = [p for p in opts.poolings if p not in ("concat", "mean")]
+        if bad or not opts.poolings:
+            raise EvaluationError(f"poolings must list 'concat' and/or 'mean', got {opts.poolings!r}")
         unknown = [a for a in list(opts.auxiliary) + list(opts.aux_gains) if a not in AUXILIARY]
         if unknown:
             raise EvaluationError(f"unknown auxiliary bank(s) {unknown}; choose from {', '.join(AUXILIARY)}")
@@ -81,7 +93,7 @@ class ReasoningTask(Task):
         problems, kinds = self._problems()
         per_cell = min(opts.per_cell, ctx.cfg.limit) if ctx.cfg.limit else opts.per_cell
         cells = sample(problems, kinds, per_cell, ctx.cfg.seed)
-        methods = [m for m in ctx.cfg.methods if m in REASONING_METHODS]
+        methods = method_labels(ctx.cfg.methods, opts.poolings)
         yield Unit("storage", {"kind": "storage"})
         for kind in kinds:
             ids = [p.id for p in cells[kind]]
@@ -110,7 +122,7 @@ class ReasoningTask(Task):
             return Plain()
         if name == "prompting":
             return Prompting(guide.prompt_text())
-        return self._mi(ctx, guide, opts, opts.pooling)
+        return self._mi(ctx, guide, opts, "concat" if name == "mi" else name.removeprefix("mi-"))
 
     def _guide(self, problem: Any, opts: ReasoningOptions) -> Any:
         from ..heuristics import guidance
@@ -167,51 +179,77 @@ class ReasoningTask(Task):
 
     # ---- report -----------------------------------------------------------------------------------------
     def report(self, records: list[dict[str, Any]], cfg: EvalConfig, out: Path) -> str:
+        from ..metrics import repeated_ngram_rate
+
         title = "HARDMath mini" if self.benchmark == "hardmath" else "PHYSICS (text-only validation)"
         cells = [r for r in records if r.get("kind") == "cell"]
         opts = self.Options(**cfg.options)
         modes = [m for m in opts.modes if any(r["mode"] == m for r in cells)]
-        methods = [m for m in REASONING_METHODS if any(r["method"] == m for r in cells)]
-        acc: dict[tuple[str, str, str], list[int]] = {}
+        present = {r["method"] for r in cells}
+        methods = [m for m in method_labels(list(cfg.methods), opts.poolings) if m in present]
+        mis = [m for m in methods if m.startswith("mi")] if "prompting" in methods else []
+        rows_of: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for r in cells:
-            c = acc.setdefault((r["type"], r["mode"], r["method"]), [0, 0])
-            c[0] += r["correct"]
-            c[1] += r["n"]
+            rows_of.setdefault((r["type"], r["mode"], r["method"]), []).extend(r["rows"])
         types = list(dict.fromkeys(r["type"] for r in cells))
+
+        def acc(rows: list[dict[str, Any]]) -> float:
+            return sum(x["correct"] for x in rows) / len(rows) if rows else float("nan")
+
         header = ["type"]
         for mode in modes:
-            header += [f"{mode}: {m}" for m in methods] + ([f"{mode}: MI − prompting"] if {"mi", "prompting"} <= set(methods) else [])
-        body, wins = [], {"MI better": 0, "tie": 0, "prompting better": 0}
-        totals: dict[tuple[str, str], list[int]] = {}
+            header += [f"{mode}: {m}" for m in methods] + [f"{mode}: {m} − prompting" for m in mis]
+        body, wins = [], {m: [0, 0, 0] for m in mis}  # MI better, tie, prompting better
         for kind in types + ["all"]:
-            row = [kind]
+            row = [kind if kind != "all" else "**all**"]
             for mode in modes:
-                values = {}
-                for m in methods:
-                    if kind == "all":
-                        c = totals.get((mode, m), [0, 0])
-                    else:
-                        c = acc.get((kind, mode, m), [0, 0])
-                        t = totals.setdefault((mode, m), [0, 0])
-                        t[0] += c[0]
-                        t[1] += c[1]
-                    values[m] = c[0] / c[1] if c[1] else float("nan")
-                    row.append(f"{c[0]}/{c[1]}")
-                if {"mi", "prompting"} <= set(methods):
-                    d = values["mi"] - values["prompting"]
+                pick = {m: [x for t in (types if kind == "all" else [kind]) for x in rows_of.get((t, mode, m), [])] for m in methods}
+                row += [f"{sum(x['correct'] for x in pick[m])}/{len(pick[m])}" for m in methods]
+                for m in mis:
+                    d = acc(pick[m]) - acc(pick["prompting"])
                     row.append(fmt(d, 2, signed=True))
                     if kind != "all":
-                        wins["MI better" if d > 0 else "prompting better" if d < 0 else "tie"] += 1
+                        wins[m][0 if d > 0 else 1 if d == 0 else 2] += 1
             body.append(row)
-        parts = [f"## {title} ({cfg.model})", "",
-                 f"{opts.per_cell} problems per type (seeded sample, the same in every cell), routing: {opts.routing}, "
-                 f"auxiliary banks: {', '.join(opts.auxiliary) or 'none'}, MI pooling: {opts.pooling}, MI rho {cfg.rho:g}. "
-                 "Modes: direct (final answer only) and steps (step-by-step, larger budget). Graded offline "
-                 "(memory_inception.grading). CAA is not run here: a heuristic checklist has no contrast pairs.", "",
-                 table(header, body), ""]
-        if {"mi", "prompting"} <= set(methods):
-            parts += [f"Cells (type x mode): MI better in {wins['MI better']}, tie in {wins['tie']}, prompting better in "
-                      f"{wins['prompting better']}.", ""]
+        n_cells = len(types) * len(modes)
+        parts = [
+            f"## {title} ({cfg.model})", "",
+            f"{opts.per_cell} problems per type (a seeded sample, the same problems in every mode and method), "
+            f"routing: {opts.routing}, auxiliary banks: {', '.join(opts.auxiliary) or 'none'} "
+            f"(MI gains {', '.join(f'{k} {v:g}' for k, v in self._gains(opts).items() if k in opts.auxiliary)}), "
+            f"MI rho {cfg.rho:g} at {cfg.mi.sites or 'the default sites'}. Modes: direct (final answer only, "
+            f"{opts.direct_tokens or 64} new tokens) and steps (step by step, {opts.steps_tokens or 384} new tokens), greedy. "
+            "Prompting shows the type's checklist and the auxiliary texts as one system message; MI reads the same texts "
+            "as banks: 'mi' with one slot per token (concat pooling), 'mi-mean' with one slot per bank (mean pooling). "
+            "Graded offline (memory_inception.grading). CAA is not run: a checklist has no contrast pairs.", "",
+            "Correct answers per cell:", "",
+            table(header, body), "",
+        ]
+        for m in mis:
+            better, tie, worse = wins[m]
+            parts.append(f"- {m} against prompting over the {n_cells} type x mode cells: better in {better}, tied in {tie}, "
+                         f"worse in {worse} (the paper reports MI better in 10 of 12 cells on an 8B model).")
+        if mis:
+            parts.append("")
+        # diagnostics: partial credit, answer format, repetition
+        diag = []
+        for mode in modes:
+            for m in methods:
+                rows = [x for t in types for x in rows_of.get((t, mode, m), [])]
+                if not rows:
+                    continue
+                diag.append([mode, m, len(rows), fmt(nanmean([x["score"] for x in rows]), 3),
+                             fmt(sum(x["extracted"] is not None for x in rows) / len(rows), 2),
+                             fmt(sum("\\boxed" in x["reply"] for x in rows) / len(rows), 2),
+                             fmt(nanmean([repeated_ngram_rate(x["reply"]) for x in rows]), 3),
+                             fmt(nanmean([len(x["reply"]) for x in rows]), 0)])
+        parts += ["Diagnostics per mode and method: mean partial score (the fraction of listed answers matched), the share of "
+                  "replies with an extractable final answer and with a \\boxed{} answer, repeated 3-grams, reply length.", "",
+                  table(["mode", "method", "replies", "partial score", "answer found", "boxed", "repeated 3-grams", "chars"], diag), ""]
+        parts += self._routing_table() + [""]
+        png = self._plot(types, modes, methods, rows_of, out)
+        if png:
+            parts += [f"![accuracy per cell]({png.name})", ""]
         store = next((r for r in records if r.get("kind") == "storage"), None)
         if store:
             rows = []
@@ -219,17 +257,46 @@ class ReasoningTask(Task):
                 rows.append([key, e["prompt_tokens"], f"{e['prompting_bytes']:,}", e["mi_concat_slots"], f"{e['mi_concat_bytes']:,}",
                              f"{e['prompting_bytes'] / e['mi_concat_bytes']:.1f}x", e["mi_mean_slots"], f"{e['mi_mean_bytes']:,}",
                              f"{e['prompting_bytes'] / e['mi_mean_bytes']:.0f}x"])
-            parts += ["KV storage per type (heuristic + auxiliary texts): prompting caches every token at every layer; "
+            parts += ["KV storage per type (checklist + auxiliary texts): prompting caches every guidance token at every layer; "
                       f"MI keeps the banks' slots at the {store['site_layers']} site layers, concatenated (one slot per "
                       "token) or mean-pooled (one slot per bank).", "",
                       table(["type", "prompt tokens", "prompting bytes", "MI slots (concat)", "MI bytes (concat)",
                              "ratio (concat)", "MI slots (mean)", "MI bytes (mean)", "ratio (mean)"], rows), ""]
-        examples = [r for r in cells if r["method"] == "mi"][:1]
-        for r in examples:
-            row = r["rows"][0]
-            parts += [f"Example ({r['type']}, {r['mode']}, MI): extracted {row['extracted']!r}, correct {row['correct']}; "
-                      f"reply starts {row['reply'][:200]!r}", ""]
+        for m in mis[:1]:
+            example = next((x for (t, mode, mm), xs in rows_of.items() if mm == m and mode == modes[-1] for x in xs), None)
+            if example:
+                parts += [f"Example ({m}, {modes[-1]}): {example['id']}, extracted {example['extracted']!r}, correct "
+                          f"{example['correct']}; the reply starts {example['reply'][:240]!r}", ""]
         return "\n".join(parts)
+
+    def _routing_table(self) -> list[str]:
+        """Keyword routing against the known type, over the whole benchmark (no model needed)."""
+        from ..heuristics import route
+
+        problems, kinds = self._problems()
+        rows, hit = [], 0
+        for kind in kinds:
+            pool = [p for p in problems if p.kind == kind]
+            ok = sum(route(p, "keywords") == kind for p in pool)
+            hit += ok
+            rows.append([kind, len(pool), f"{ok}/{len(pool)}"])
+        rows.append(["**all**", len(problems), f"{hit}/{len(problems)} = {hit / len(problems):.1%}"])
+        return ["Keyword routing (the checklist chosen from the question text alone) agrees with the known type on:", "",
+                table(["type", "problems", "routed to its own type"], rows)]
+
+    def _plot(self, types: list[str], modes: list[str], methods: list[str], rows_of: dict, out: Path) -> Path | None:
+        from .analysis import bars
+
+        if not types or not methods:
+            return None
+        groups = {}
+        for mode in modes:
+            for kind in types:
+                groups[f"{kind[:14]} ({mode})"] = {
+                    m: (sum(x["correct"] for x in rows_of[(kind, mode, m)]) / len(rows_of[(kind, mode, m)]))
+                    for m in methods if rows_of.get((kind, mode, m))
+                }
+        return bars(groups, out / f"{self.name}_cells.png", f"{self.name}: accuracy per type x mode", "accuracy")
 
 
 class HardMath(ReasoningTask):
