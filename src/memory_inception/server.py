@@ -486,6 +486,17 @@ class Service:
         return ids
 
     # ---- sessions -----------------------------------------------------------------------------------
+    def open_session(self, req: SessionCreate) -> _SessionState:
+        """A new session with its own KV cache (counted against `max_sessions`)."""
+        steering = self.steering(req.memory)
+        state = _SessionState(Session(self.model, self.tokenizer, steering, system=req.system), req.memory)
+        with self._state_lock:
+            if len(self.sessions) >= self.max_sessions:
+                raise ApiError(429, f"this server holds its limit of {self.max_sessions} sessions; DELETE "
+                                    "/v1/sessions/{id} the ones you no longer need", code="too_many_sessions")
+            self.sessions[state.id] = state
+        return state
+
     def get_session(self, session_id: str) -> _SessionState:
         with self._state_lock:
             state = self.sessions.get(session_id)
@@ -664,12 +675,17 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     session_cache_bytes: int = DEFAULT_SESSION_CACHE_BYTES,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
+    service_class: type[Service] | None = None,
+    service_options: dict[str, Any] | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving `model` (shared, one request at a time) with banks stored in `bank_dir`."""
-    service = Service(
+    """The FastAPI app serving `model` (shared, one request at a time) with banks stored in `bank_dir`.
+
+    `service_class` (a `Service` subclass, e.g. the vLLM engine's) runs the generations instead of `model`.
+    """
+    service = (service_class or Service)(
         model, tokenizer, bank_dir=Path(bank_dir), model_id=model_id or DEFAULT_MODEL_ID,
         max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
-        session_cache_bytes=session_cache_bytes, max_sessions=max_sessions,
+        session_cache_bytes=session_cache_bytes, max_sessions=max_sessions, **(service_options or {}),
     )
     app = FastAPI(title="memory-inception", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.service = service
@@ -780,14 +796,7 @@ def create_app(
     # ---- sessions -----------------------------------------------------------------------------------
     @app.post("/v1/sessions", status_code=201)
     def create_session(req: SessionCreate | None = None) -> dict:
-        req = req or SessionCreate()
-        steering = service.steering(req.memory)
-        state = _SessionState(Session(model, tokenizer, steering, system=req.system), req.memory)
-        with service._state_lock:
-            if len(service.sessions) >= service.max_sessions:
-                raise ApiError(429, f"this server holds its limit of {service.max_sessions} sessions; DELETE "
-                                    "/v1/sessions/{id} the ones you no longer need", code="too_many_sessions")
-            service.sessions[state.id] = state
+        state = service.open_session(req or SessionCreate())
         return service.session_view(state)
 
     @app.get("/v1/sessions/{session_id}")
@@ -892,15 +901,27 @@ def run_server(
     port: int = 8000,
     bank_dir: str | Path = "banks",
     api_key: str | None = None,
+    engine: Literal["transformers", "vllm"] = "transformers",
     **options: Any,
 ) -> None:
-    """Load `model_name` (default model if None) and serve it with uvicorn until interrupted."""
+    """Load `model_name` (default model if None) and serve it with uvicorn until interrupted.
+
+    `engine="vllm"` generates with a vLLM engine (continuous batching; needs the `[vllm]` extra, docs/vllm.md);
+    the transformers model is still loaded, for building banks.
+    """
     import uvicorn
 
     from .models import load_model
 
     model, tokenizer = load_model(model_name)
+    if engine == "vllm":
+        from .vllm.serving import VLLMService
+
+        options.update(service_class=VLLMService, service_options={"model_name": model_name})
+    elif engine != "transformers":
+        raise ValueError(f"engine must be 'transformers' or 'vllm', not {engine!r}")
     app = create_app(model, tokenizer, bank_dir=bank_dir, api_key=api_key, model_id=model_name or DEFAULT_MODEL_ID,
                      **options)
-    logger.info("serving %s on http://%s:%d (banks in %s)", model_name or DEFAULT_MODEL_ID, host, port, bank_dir)
+    logger.info("serving %s with %s on http://%s:%d (banks in %s)", model_name or DEFAULT_MODEL_ID, engine, host,
+                port, bank_dir)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -26,11 +26,12 @@ DEFAULT_KV_CACHE_BYTES = 512 << 20
 
 @dataclass(frozen=True)
 class Generation:
-    """One request's result: the generated token ids, their text and vLLM's finish reason."""
+    """One request's result: generated token ids, their text, vLLM's finish reason and prefix-cache hits."""
 
     token_ids: tuple[int, ...]
     text: str
     finish_reason: str | None
+    cached_tokens: int = 0
 
 
 def steering_params(steering: RequestSteering | None = None, **sampling: Any):
@@ -116,6 +117,12 @@ class MIEngine:
         options.update(llm_options)
         self.llm = LLM(**options)
 
+    def close(self) -> None:
+        """Shut the engine's processes down (also done at interpreter exit)."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def check(self, steering: RequestSteering | None) -> None:
         """Raise a clear error now (unknown bank, foreign bank, bad sites) rather than inside the engine."""
         if steering is None or not steering.banks:
@@ -141,8 +148,8 @@ class MIEngine:
         params = [steering_params(s, max_tokens=max_tokens, temperature=temperature, **sampling) for s in steerings]
         inputs = [steered_prompt(ids, s) for ids, s in zip(prompts, steerings)]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [Generation(tuple(o.outputs[0].token_ids), o.outputs[0].text, o.outputs[0].finish_reason)
-                for o in outputs]
+        return [Generation(tuple(o.outputs[0].token_ids), o.outputs[0].text, o.outputs[0].finish_reason,
+                           o.num_cached_tokens or 0) for o in outputs]
 
     def chat(
         self,
