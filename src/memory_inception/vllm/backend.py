@@ -48,6 +48,8 @@ class MIAttentionImpl(CPUAttentionBackendImpl):
         """Record this request's new keys/values, then steer its steered rows at the plan's heads."""
         if self.sliding_window > 0 or self.alibi_slopes is not None or self.logits_soft_cap or self.sinks is not None:
             raise SteeringError("the vLLM plugin steers layers without sliding windows, ALiBi, soft caps or sinks")
+        if query.shape[1] != WORKER.checkpoint.geometry.num_heads:
+            raise SteeringError("the vLLM plugin needs every head on one rank (tensor parallelism is not supported)")
         copy.write(start, key[a:b], value[a:b])
         local = state.steered(start, b - a)
         if local.numel() == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from .spec import EXTRA_ARGS_KEY, RequestSteering
 logger = logging.getLogger(__name__)
 
 BANK_DIR_ENV = "MEMORY_INCEPTION_BANK_DIR"
-MAX_PARKED = 4096  # requests out of the batch (unscheduled or preempted) whose copies are kept
+MAX_PARKED = 1024  # a backstop: requests out of the batch (unscheduled or preempted) whose copies are kept
 
 
 class SiteCopy:
@@ -129,6 +130,13 @@ class WorkerRegistry:
             else:
                 self.rows[b], self.rows[a] = self.rows[a], None
         del self.rows[batch_update.batch_size :]
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Free the parked requests vLLM has finished: nothing but their state holds their output list any more
+        (vLLM drops its request state on completion; a live request's state still references the list)."""
+        for key in [k for k, state in self.parked.items() if sys.getrefcount(state.outputs) <= 2]:
+            del self.parked[key]
 
     def _grow(self, size: int) -> None:
         self.rows += [None] * (size - len(self.rows))
