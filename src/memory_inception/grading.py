@@ -374,23 +374,8 @@ def _strip_lhs(s: str) -> str:
 
 
 def _split_relations(s: str) -> list[str]:
-    out, depth, start = [], 0, 0
-    i = 0
-    while i < len(s):
-        ch = s[i]
-        if ch in "{([":
-            depth += 1
-        elif ch in "})]":
-            depth = max(0, depth - 1)
-        elif depth == 0:
-            m = _RELATIONS.match(s, i)
-            if m:
-                out.append(s[start:i])
-                start = i = m.end()
-                continue
-        i += 1
-    out.append(s[start:])
-    return out
+    """Top-level pieces of ``a = b \\approx c`` (the relations dropped)."""
+    return _relation_chain(s)[0]
 
 
 def _strip_units(s: str) -> str:
