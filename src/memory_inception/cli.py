@@ -444,7 +444,7 @@ def serve(
 @app.command("eval")
 def eval_(
     task: Annotated[Optional[str], typer.Argument(help="Task: bigfive, bigfive-generation, dialogue, persistence, capability, storage, hardmath, physics (or from --config).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Task config (.toml/.yaml): model, methods, personas, strengths, sites, seeds, [options].")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Task config (.toml/.yaml): model, methods, personas, strengths, sites, seeds, task options (the \\[options.TASK] tables).")] = None,
     model: ModelOpt = None,
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated: plain,prompting,caa,mi.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Cap each task's data (items, statements, prompts, problems) for a quick run.")] = None,
