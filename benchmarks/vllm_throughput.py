@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,15 +30,29 @@ REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 
 def other_load() -> str:
-    """The busiest other processes (name, %CPU), to say whether the machine was shared."""
-    out = subprocess.run(["ps", "-eo", "pid,pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout
-    mine = {os.getpid(), os.getppid()}
+    """The busiest processes outside this benchmark's own tree (vLLM's processes are its children)."""
+    import psutil
+
+    me = psutil.Process()
+    ours = {me.pid, *(p.pid for p in me.children(recursive=True))}
+    procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.pid not in ours]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(1.0)
     rows = []
-    for line in out.splitlines()[1:]:
-        pid, cpu, comm = line.split(None, 2)
-        if float(cpu) >= 20 and int(pid) not in mine and "VLLM" not in comm and "EngineCore" not in comm:
-            rows.append(f"{comm} {cpu}%")
-    return ", ".join(rows[:4]) or "none"
+    for p in procs:
+        try:
+            cpu = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if cpu >= 20:
+            cmd = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])
+            rows.append((cpu, cmd[:60]))
+    rows.sort(reverse=True)
+    return ", ".join(f"{cmd} {cpu:.0f}%" for cpu, cmd in rows[:4]) or "none"
 
 
 def main() -> None:

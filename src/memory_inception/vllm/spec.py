@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import SteeringError
@@ -52,7 +52,6 @@ class RequestSteering:
     gate: bool = True
     gate_scale: float = 1.0
     normalize: str = "paper"
-    _checked: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         banks = tuple(b if isinstance(b, BankUse) else _bank_use(b) for b in self.banks)
@@ -98,7 +97,6 @@ class RequestSteering:
     def to_extra_args(self) -> dict[str, Any]:
         """The JSON-safe dict for `SamplingParams.extra_args[EXTRA_ARGS_KEY]` (`vllm_xargs` over HTTP)."""
         out = asdict(self)
-        out.pop("_checked")
         out["banks"] = [asdict(b) for b in self.banks]
         if self.sites is not None:
             out["sites"] = {str(k): (None if v is None else list(v)) for k, v in self.sites.items()}
@@ -119,7 +117,7 @@ class RequestSteering:
                 raise SteeringError(f"extra_args[{EXTRA_ARGS_KEY!r}] is not valid JSON: {exc}") from None
         if not isinstance(raw, Mapping):
             raise SteeringError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be an object, got {type(raw).__name__}")
-        known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
             raise SteeringError(
