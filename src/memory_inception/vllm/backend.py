@@ -51,29 +51,25 @@ class MIAttentionImpl(CPUAttentionBackendImpl):
         if query.shape[1] != WORKER.checkpoint.geometry.num_heads:
             raise SteeringError("the vLLM plugin needs every head on one rank (tensor parallelism is not supported)")
         copy.write(start, key[a:b], value[a:b])
-        local = state.steered(start, b - a)
-        if local.numel() == 0:
+        step = state.step_rows(start, b - a, WORKER.checkpoint, query.dtype)
+        if step is None:
             return
-        rows = a + local
-        positions = start + local
+        rows = a + step.local
         n_rows, dim = rows.numel(), query.shape[-1]
         q = query[rows].transpose(0, 1).unsqueeze(0)  # [1, H, R, d]
         if not plan.all_heads:
             q = q[:, plan.heads]
-        cos, sin = WORKER.checkpoint.inverse_rope(positions, q.dtype)
-        bank_query = undo_rope(q, cos, sin)  # the pre-RoPE query q~_t
-        length = int(positions[-1]) + 1
-        keys = copy.keys[:length].transpose(0, 1).unsqueeze(0)  # [1, H_kv, S, d]
-        values = copy.values[:length].transpose(0, 1).unsqueeze(0)
-        visible = torch.arange(length).view(1, length) <= positions.view(-1, 1)  # causal: [R, S]
-        mask = torch.zeros(visible.shape, dtype=q.dtype).masked_fill_(~visible, float("-inf")).view(1, 1, n_rows, length)
-        log_n = (positions + 1).to(q.dtype).log().view(1, 1, n_rows, 1)  # log N_t
+        bank_query = undo_rope(q, step.cos, step.sin)  # the pre-RoPE query q~_t
+        keys = copy.keys[: step.length].transpose(0, 1).unsqueeze(0)  # [1, H_kv, S, d]
+        values = copy.values[: step.length].transpose(0, 1).unsqueeze(0)
+        mask, log_n = step.mask, step.log_visible
         if plan.all_heads and plan.group_size > 1:
             # fold each KV group's query heads into rows (as the transformers path does)
             g = plan.group_size
             q = q.reshape(1, -1, g * n_rows, dim)
             bank_query = bank_query.reshape(1, -1, g * n_rows, dim)
-            mask, log_n = mask.repeat(1, 1, g, 1), log_n.repeat(1, 1, g, 1)
+            mask = mask.repeat(1, 1, g, 1) if mask is not None else None
+            log_n = log_n.repeat(1, 1, g, 1)
         elif not plan.all_heads:
             keys, values = keys[:, plan.kv_index], values[:, plan.kv_index]
         steered = site_attention(q, bank_query, keys, values, mask, log_n, self.scale, plan)

@@ -60,6 +60,20 @@ class SiteCopy:
 
 
 @dataclass
+class StepRows:
+    """A request's steered rows in one forward, shared by all its site layers: which rows, their positions,
+    the inverse RoPE tables, the causal mask over the copy and log N_t."""
+
+    local: torch.Tensor  # [R] indices within the request's tokens of this forward
+    positions: torch.Tensor  # [R]
+    cos: torch.Tensor  # [R, d]
+    sin: torch.Tensor  # [R, d]
+    length: int  # keys visible to the last row (= its position + 1)
+    mask: torch.Tensor | None  # additive [1, 1, R, length]; None when every row sees every key (one decode row)
+    log_visible: torch.Tensor  # [1, 1, R, 1]
+
+
+@dataclass
 class RequestState:
     """One steered request in the worker: its plans per site layer, prompt length and key copies."""
 
@@ -69,9 +83,31 @@ class RequestState:
     plans: dict[int, LayerPlan]
     outputs: list[int]  # the request's running output token list (its identity across leaving the batch)
     copies: dict[int, SiteCopy] = field(default_factory=dict)
+    _step: tuple[tuple[int, int], StepRows | None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.copies = {layer: SiteCopy() for layer in self.plans}
+
+    def step_rows(self, start: int, count: int, checkpoint: Checkpoint, dtype: torch.dtype) -> StepRows | None:
+        """The steered rows of this forward (None: none steered), computed once for all site layers."""
+        key = (start, count)
+        if self._step is not None and self._step[0] == key:
+            return self._step[1]
+        local = self.steered(start, count)
+        rows = None
+        if local.numel():
+            positions = start + local
+            cos, sin = checkpoint.inverse_rope(positions, dtype)
+            length = int(positions[-1]) + 1
+            n = positions.numel()
+            mask = None
+            if n > 1:
+                visible = torch.arange(length).view(1, length) <= positions.view(-1, 1)  # causal: [R, S]
+                mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf")).view(1, 1, n, length)
+            log_visible = (positions + 1).to(dtype).log().view(1, 1, n, 1)
+            rows = StepRows(local, positions, cos, sin, length, mask, log_visible)
+        self._step = (key, rows)
+        return rows
 
     def steered(self, start: int, count: int) -> torch.Tensor:
         """Indices (within this forward's `count` tokens from position `start`) of the steered positions."""
