@@ -210,6 +210,11 @@ def test_interrupted_run_keeps_finished_units_and_resumes(tmp_path, tiny_dir):
         run_task(TASKS["bigfive"], other, out)
     report = write_report(out)
     assert "Big Five self-report" in report.read_text()
+    assert "Big Five self-report" in write_report(out, tasks=["bigfive"]).read_text()
+    with pytest.raises(EvaluationError, match="no results for dialogue"):
+        write_report(out, tasks=["dialogue"])
+    with pytest.raises(EvaluationError, match="unknown task"):
+        write_report(out, tasks=["bigsix"])
 
 
 def test_report_needs_results(tmp_path):

@@ -485,12 +485,15 @@ def eval_(
 
 
 @app.command()
-def report(directory: Annotated[Path, typer.Argument(help="A results directory written by `mi eval`.")]) -> None:
+def report(
+    directory: Annotated[Path, typer.Argument(help="A results directory written by `mi eval`.")],
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks to include (default: every task in DIR).")] = None,
+) -> None:
     """Write DIR/report.md with tables and PNG plots from every task's results in DIR."""
     from .evaluation import write_report
 
     try:
-        console.print(f"wrote {write_report(directory)}")
+        console.print(f"wrote {write_report(directory, tasks=tasks.split(',') if tasks else None)}")
     except MemoryInceptionError as exc:
         _fail(exc)
 

@@ -38,12 +38,20 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def write_report(directory: str | Path) -> Path:
-    """`DIR/report.md` (and PNG plots) from every task's records in `DIR`."""
+def write_report(directory: str | Path, tasks: list[str] | None = None) -> Path:
+    """`DIR/report.md` (and PNG plots) from every task's records in `DIR`, or only from `tasks`."""
     out = Path(directory)
     configs = sorted(out.glob("*.config.json"))
     if not configs:
         raise EvaluationError(f"no results in {out}: run `mi eval TASK --out {out}` first")
+    if tasks is not None:
+        for name in tasks:
+            get_task(name)
+        found = {p.name[: -len(".config.json")] for p in configs}
+        missing = [t for t in tasks if t not in found]
+        if missing:
+            raise EvaluationError(f"no results for {', '.join(missing)} in {out}; it has {', '.join(sorted(found))}")
+        configs = [p for p in configs if p.name[: -len(".config.json")] in tasks]
     order = list(TASKS)
     sections, index = [], []
     for path in sorted(configs, key=lambda p: order.index(p.name[: -len(".config.json")]) if p.name[: -len(".config.json")] in order else 99):
