@@ -146,6 +146,12 @@ def main() -> None:
         "- batch 1: two requests one after the other; batch 16: sixteen requests in one call.",
         f"- machine: {result['machine']}; 1-minute load average and other busy processes per round: "
         + "; ".join(f"{x['loadavg_1min']} ({x['other_busy_processes']})" for x in result["load_per_round"]) + ".",
+    ]
+    if any(x["other_busy_processes"] != "none" for x in result["load_per_round"]):
+        lines += ["", "The machine was shared with the processes listed above (another engineer's evaluation runs), so "
+                  "absolute tokens/s are lower than on an idle machine; both engines were measured in the same "
+                  "interleaved rounds, so the ratios compare them under the same load."]
+    lines += [
         "", "| batch | banks | vLLM tok/s | transformers tok/s | vLLM / transformers | with bank / without (vLLM, transformers) |",
         "| ---: | :---: | ---: | ---: | ---: | ---: |",
     ]
