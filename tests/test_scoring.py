@@ -36,7 +36,7 @@ def test_matches_token_by_token_decoding(tiny_models, arch, prefill):
     prompts = [[20, 21, 22, 23, 24, 25], [30, 31, 32], [40, 41, 42, 43]]
     conts = [[50, 51, 52], [60, 61, 62, 63, 64], [70]]
     got = mi.continuation_logprobs(model, None, prompts, conts, steering, batch_size=2)
-    plain = mi.continuation_logprobs(model, None, prompts, conts)
+    plain = mi.continuation_logprobs(model, None, prompts, conts, batch_size=2)  # the same batches: bit-comparable
     for p, c, g, u in zip(prompts, conts, got, plain):
         want = _decode_token_by_token(model, p, c, steering)
         assert g.shape == (len(c),)
