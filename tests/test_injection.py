@@ -7,6 +7,7 @@ import torch
 from conftest import ARCHS, make_tiny
 
 import memory_inception as mi
+from memory_inception.architecture import output_cache
 from memory_inception.errors import SteeringError
 
 TOL = 1e-4
@@ -114,8 +115,8 @@ def test_cached_generation_equals_uncached_rerun(tiny_models, arch, prefill):
         rerun = model(seq, mi_steer_mask=steer, use_cache=False).logits
         cached = torch.stack(out.logits, 1)
         assert (rerun[:, n - 1 : -1] - cached).abs().max().item() < TOL
-        assert out.past_key_values.get_seq_length() == seq.shape[1] - 1  # visible tokens only
-        for layer in out.past_key_values.layers:
+        assert output_cache(out).get_seq_length() == seq.shape[1] - 1  # visible tokens only
+        for layer in output_cache(out).layers:
             assert layer.keys.shape[-2] == seq.shape[1] - 1
 
 

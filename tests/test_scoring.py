@@ -8,6 +8,7 @@ from conftest import ARCHS
 from transformers import DynamicCache
 
 import memory_inception as mi
+from memory_inception.architecture import cache_kwargs
 
 
 def _steering(model, prefill):
@@ -21,10 +22,10 @@ def _decode_token_by_token(model, prompt, continuation, steering):
     logprobs = []
     with torch.no_grad(), mi.inject(model, steering):
         cache = DynamicCache()
-        logits = model(torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits[0, -1]
+        logits = model(torch.tensor([prompt]), use_cache=True, **cache_kwargs(model, cache)).logits[0, -1]
         for tok in continuation:
             logprobs.append(torch.log_softmax(logits.float(), -1)[tok])
-            logits = model(torch.tensor([[tok]]), past_key_values=cache, use_cache=True).logits[0, -1]
+            logits = model(torch.tensor([[tok]]), use_cache=True, **cache_kwargs(model, cache)).logits[0, -1]
     return torch.stack(logprobs)
 
 

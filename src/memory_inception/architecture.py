@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 
@@ -56,6 +57,17 @@ def config_geometry(cfg) -> ModelGeometry:
         num_kv_heads=num_kv,
         head_dim=head_dim,
     )
+
+
+def cache_kwargs(model: nn.Module, cache) -> dict:
+    """`{name: cache}` for a forward or generate call: transformers 5.20+ calls it `cache`, earlier `past_key_values`."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def output_cache(output):
+    """The KV cache a forward returned (`output.cache` from transformers 5.20, `output.past_key_values` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def attention_modules(model: nn.Module) -> dict[int, nn.Module]:

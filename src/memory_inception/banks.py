@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .architecture import attention_modules, geometry, inverse_tables, model_fingerprint, rotary_embedding, undo_rope
+from .architecture import attention_modules, cache_kwargs, geometry, inverse_tables, model_fingerprint, rotary_embedding, undo_rope
 from .errors import BankError
 
 logger = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def _run_and_read(
     hook = rotary.register_forward_hook(lambda _m, _a, out: captured.append(out))
     try:
         cache = DynamicCache()
-        model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([ids], device=device), use_cache=True, **cache_kwargs(model, cache))
     finally:
         hook.remove()
     cos, sin = inverse_tables(rotary, *captured[-1])

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .architecture import attention_modules, model_fingerprint, text_config
+from .architecture import attention_modules, cache_kwargs, model_fingerprint, text_config
 from .errors import SteeringError
 
 logger = logging.getLogger(__name__)
@@ -461,7 +461,7 @@ class ActivationAddition:
         if positions is None:
             positions = kwargs.get("cache_position")
         if positions is None:
-            cache = kwargs.get("past_key_values")
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.20+ passes `cache`
             past = int(cache.get_seq_length(layer)) if cache is not None else 0
             positions = torch.arange(past, past + length, device=hidden.device)
         positions = positions.reshape(-1, length).to(hidden.device)
@@ -613,7 +613,7 @@ def _ab_shared_instruction(
             chunk = indices[start : start + batch_size]
             head = _pad_batch([prepared[i][0][: prepared[i][1]] for i in chunk], pad, device)
             cache = DynamicCache()
-            model(**head, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(**head, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
             tail_ids = torch.tensor([prepared[i][0][prepared[i][1] :] for i in chunk], device=device)
             lengths = torch.tensor([prepared[i][1] for i in chunk], device=device)
             inputs = {
@@ -624,7 +624,7 @@ def _ab_shared_instruction(
             for setting in dict.fromkeys(settings):
                 multiplier, layer_set = setting
                 with ActivationAddition(model, vector, multiplier, layer_set, steer_from=lengths.tolist()):
-                    logits = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                    logits = model(**inputs, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)).logits
                 cache.crop(-tail)  # drop the steered tail, keep the instruction
                 probs = torch.softmax(logits[:, -1].float(), dim=-1)
                 for row, i in enumerate(chunk):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architecture import geometry, text_config
+from .architecture import cache_kwargs, geometry, output_cache, text_config
 from .banks import Bank
 from .caa import ActivationAddition, SteeringVector
 from .errors import SteeringError
@@ -346,12 +346,12 @@ def score_shared(
         cache = None
         if head:
             steer = torch.full((1, len(head)), prefill == "all", dtype=torch.bool)
-            cache = model(
+            cache = output_cache(model(
                 input_ids=torch.tensor([head], device=device),
                 position_ids=torch.arange(len(head), device=device)[None],
                 use_cache=True,
                 **({STEER_MASK_KWARG: steer.to(device)} if steered else {}),
-            ).past_key_values
+            ))
         for start in range(0, len(conts), batch_size):
             chunk = conts[start : start + batch_size]
             n, width = len(chunk), 1 + max(len(c) for c in chunk)
@@ -372,8 +372,8 @@ def score_shared(
                 input_ids=suffix.to(device),
                 attention_mask=mask.to(device),
                 position_ids=(len(head) + torch.arange(width, device=device))[None].expand(n, -1),
-                past_key_values=past,
                 use_cache=past is not None,
+                **cache_kwargs(model, past),
                 **({STEER_MASK_KWARG: steer.to(device)} if steered else {}),
             ).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)

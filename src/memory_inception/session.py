@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from .architecture import cache_kwargs
 from .injection import inject
 from .steering import Steering
 
@@ -46,7 +47,7 @@ class Session:
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                past_key_values=self.cache,
+                **cache_kwargs(self.model, self.cache),
                 pad_token_id=self.tokenizer.pad_token_id,
                 **options,
             )
