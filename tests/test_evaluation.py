@@ -41,8 +41,9 @@ OPTIONS = {
     "persistence": {"personas": ["extraversion:high"], "lengths": [0, 64], "statements": 2, "history_turns": 3, "history_reply_tokens": 12},
     "capability": {"gsm8k": 2, "mmlu": 3, "gsm8k_max_new_tokens": 8},
     "storage": {},
-    "hardmath": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "routing": "keywords"},
-    "physics": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "poolings": ["mean"], "aux_gains": {"checker": 1.0}},
+    "hardmath": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "routing": "keywords", "solution_tokens": 12},
+    "physics": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "poolings": ["mean"], "aux_gains": {"checker": 1.0},
+                "likelihood_per_type": 1, "solution_tokens": 12},
 }
 
 
@@ -181,6 +182,9 @@ def test_smoke_every_task_and_report(tmp_path, tiny_dir, task):
     assert rep.exit_code == 0, rep.output
     text = (out / "report.md").read_text()
     assert text.count("|---") >= 2  # the index and at least one table of the task's own
+    if task in ("hardmath", "physics"):
+        for heading in ("Correct answers per cell", "Reference-solution likelihood", "Keyword routing", "KV storage per type"):
+            assert heading in text, heading
     for line in text.splitlines():
         if line.startswith("!["):
             assert (out / line[line.index("(") + 1 : -1]).is_file()

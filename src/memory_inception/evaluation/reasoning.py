@@ -8,6 +8,7 @@ step-by-step with a larger budget); the table gives accuracy per method and MI m
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class ReasoningOptions:
     poolings: list[str] = field(default_factory=lambda: ["concat", "mean"])  # MI banks: a slot per token, or one per bank
     direct_tokens: int | None = None  # None: heuristics.MODE_TOKENS
     steps_tokens: int | None = None
+    likelihood_per_type: int = 8  # problems per type whose reference solution is scored (0: none)
+    solution_tokens: int = 384  # the reference solution's first tokens scored as the step-by-step reply
 
 
 def sample(problems: list[Any], kinds: list[str], per_cell: int, seed: int) -> dict[str, list[Any]]:
@@ -103,6 +106,13 @@ class ReasoningTask(Task):
                         yield Unit(f"{kind}|{mode}|{method}|{start}",
                                    {"kind": "cell", "type": kind, "mode": mode, "method": method,
                                     "ids": ids[start : start + CHUNK]})
+        if opts.likelihood_per_type:
+            count = min(opts.likelihood_per_type, ctx.cfg.limit) if ctx.cfg.limit else opts.likelihood_per_type
+            scored = sample(problems, kinds, count, ctx.cfg.seed)
+            for kind in kinds:
+                for method in methods:
+                    yield Unit(f"{kind}|likelihood|{method}",
+                               {"kind": "likelihood", "type": kind, "method": method, "ids": [p.id for p in scored[kind]]})
 
     # ---- methods --------------------------------------------------------------------------------------
     def _gains(self, opts: ReasoningOptions) -> dict[str, float]:
@@ -137,6 +147,8 @@ class ReasoningTask(Task):
         opts = self.options(ctx.cfg)
         if unit.fields["kind"] == "storage":
             return self._storage(ctx, opts)
+        if unit.fields["kind"] == "likelihood":
+            return self._likelihood(ctx, unit.fields, opts)
         f = unit.fields
         problems, _ = self._problems()
         by_id = {p.id: p for p in problems}
@@ -157,6 +169,27 @@ class ReasoningTask(Task):
                 rows.append({"id": p.id, "routed": key, "reply": reply, "extracted": g.extracted, "correct": g.correct,
                              "score": g.score, "detail": g.detail[:300]})
         return {"rows": rows, "correct": sum(r["correct"] for r in rows), "n": len(rows), "budget": budget}
+
+    def _likelihood(self, ctx: Context, f: dict[str, Any], opts: ReasoningOptions) -> dict[str, Any]:
+        """Mean per-token log-probability of each reference solution (its first tokens) as the step-by-step reply.
+
+        Judge-free and continuous: it shows whether the guidance makes the worked solution more likely even where
+        a small model answers nothing right. Scored with generation semantics (`methods.score`).
+        """
+        from ..heuristics import mode_messages
+        from ..methods import score
+
+        problems, _ = self._problems()
+        by_id = {p.id: p for p in problems}
+        chosen = [by_id[i] for i in f["ids"]]
+        guides = {p.id: self._guide(p, opts) for p in chosen}
+        rows = []
+        for p in chosen:
+            ids = ctx.tokenizer(p.solution.strip(), add_special_tokens=False)["input_ids"][: opts.solution_tokens]
+            method = self._method(ctx, f["method"], guides[p.id], opts)
+            lp = score(ctx.model, ctx.tokenizer, method, [mode_messages(p, "steps")], [ids])[0]
+            rows.append({"id": p.id, "routed": guides[p.id].key, "tokens": len(ids), "mean_logprob": float(lp.mean())})
+        return {"rows": rows, "mean_logprob": nanmean([r["mean_logprob"] for r in rows])}
 
     def _storage(self, ctx: Context, opts: ReasoningOptions) -> dict[str, Any]:
         """Per type: the prompting guidance's KV bytes and the MI banks' bytes with concat and mean pooling."""
@@ -208,10 +241,10 @@ class ReasoningTask(Task):
                 for m in mis:
                     d = acc(pick[m]) - acc(pick["prompting"])
                     row.append(fmt(d, 2, signed=True))
-                    if kind != "all":
+                    if kind != "all" and not math.isnan(d):  # a cell without results counts for neither side
                         wins[m][0 if d > 0 else 1 if d == 0 else 2] += 1
             body.append(row)
-        n_cells = len(types) * len(modes)
+        n_cells = {m: sum(wins[m]) for m in mis}
         parts = [
             f"## {title} ({cfg.model})", "",
             f"{opts.per_cell} problems per type (a seeded sample, the same problems in every mode and method), "
@@ -227,7 +260,7 @@ class ReasoningTask(Task):
         ]
         for m in mis:
             better, tie, worse = wins[m]
-            parts.append(f"- {m} against prompting over the {n_cells} type x mode cells: better in {better}, tied in {tie}, "
+            parts.append(f"- {m} against prompting over the {n_cells[m]} type x mode cells: better in {better}, tied in {tie}, "
                          f"worse in {worse} (the paper reports MI better in 10 of 12 cells on an 8B model).")
         if mis:
             parts.append("")
@@ -246,6 +279,7 @@ class ReasoningTask(Task):
         parts += ["Diagnostics per mode and method: mean partial score (the fraction of listed answers matched), the share of "
                   "replies with an extractable final answer and with a \\boxed{} answer, repeated 3-grams, reply length.", "",
                   table(["mode", "method", "replies", "partial score", "answer found", "boxed", "repeated 3-grams", "chars"], diag), ""]
+        parts += self._likelihood_table(records, methods, mis)
         parts += self._routing_table() + [""]
         png = self._plot(types, modes, methods, rows_of, out)
         if png:
@@ -268,6 +302,38 @@ class ReasoningTask(Task):
                 parts += [f"Example ({m}, {modes[-1]}): {example['id']}, extracted {example['extracted']!r}, correct "
                           f"{example['correct']}; the reply starts {example['reply'][:240]!r}", ""]
         return "\n".join(parts)
+
+    def _likelihood_table(self, records: list[dict[str, Any]], methods: list[str], mis: list[str]) -> list[str]:
+        """Reference-solution log-probability per type and method, as the change from plain."""
+        found = {(r["type"], r["method"]): r for r in records if r.get("kind") == "likelihood"}
+        if not found or not any(m == "plain" for _, m in found):
+            return []
+        types = list(dict.fromkeys(t for t, _ in found))
+        steered = [m for m in methods if m != "plain"]
+        body, wins = [], {m: [0, 0] for m in mis}
+        for kind in types + ["all"]:
+            pick = types if kind == "all" else [kind]
+
+            def mean(method: str) -> float:
+                return nanmean([x["mean_logprob"] for t in pick for x in found.get((t, method), {"rows": []})["rows"]])
+
+            plain = mean("plain")
+            n = sum(len(found.get((t, "plain"), {"rows": []})["rows"]) for t in pick)
+            row = [kind if kind != "all" else "**all**", n, fmt(plain, 3)] + [fmt(mean(m) - plain, 3, signed=True) for m in steered]
+            for m in mis:
+                d = mean(m) - mean("prompting")
+                row.append(fmt(d, 3, signed=True))
+                if kind != "all" and not math.isnan(d):
+                    wins[m][0 if d > 0 else 1] += 1
+            body.append(row)
+        lines = ["Reference-solution likelihood (judge-free; a small model can move it where it answers nothing right): "
+                 "the mean per-token log-probability of each problem's worked solution (its first tokens) as the "
+                 "step-by-step reply, scored with generation semantics; steered methods as the change from plain (nats/token).", "",
+                 table(["type", "problems", "plain", *[f"{m} − plain" for m in steered], *[f"{m} − prompting" for m in mis]], body), ""]
+        for m in mis:
+            lines.append(f"- {m} makes the reference solutions more likely than prompting does in {wins[m][0]} of "
+                         f"{sum(wins[m])} types.")
+        return lines + [""]
 
     def _routing_table(self) -> list[str]:
         """Keyword routing against the known type, over the whole benchmark (no model needed)."""
