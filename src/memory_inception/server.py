@@ -39,7 +39,7 @@ from .architecture import geometry
 from .banks import Bank, build_bank
 from .errors import MemoryInceptionError
 from .injection import Injection, inject
-from .session import Session
+from .session import Session, common_prefix
 from .sites import Sites, parse_layers
 from .steering import DEFAULT_RHO, Steering
 
@@ -288,10 +288,18 @@ def _cache_bytes(cache: Any) -> int:
 
 
 class _SessionState:
-    def __init__(self, session: Session, memory: MemorySpec | None):
+    """A session as the server keeps it: the transcript, the memory spec and its steering, and `session` — the
+    engine's own per-session state (the transformers engine's `Session`, holding the KV cache; None on vLLM).
+
+    `lock` serializes the session's turns and guidance changes (a PATCH waits for a running turn)."""
+
+    def __init__(self, memory: MemorySpec | None, steering: Any, system: str | None, session: Session | None):
         self.id = "sess_" + secrets.token_hex(12)
-        self.session = session
         self.memory = memory
+        self.steering = steering
+        self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        self.session = session
+        self.lock = threading.Lock()
         self.created = int(time.time())
         self.last_used = time.monotonic()
         self.evicted = False
@@ -486,10 +494,13 @@ class Service:
         return ids
 
     # ---- sessions -----------------------------------------------------------------------------------
+    # The transcript, memory and limits are kept here for every engine; an engine supplies `_session_state`
+    # (its per-session state), `_session_generate` (one turn's tokens and cache report) and
+    # `_session_cache_view`.
     def open_session(self, req: SessionCreate) -> _SessionState:
-        """A new session with its own KV cache (counted against `max_sessions`)."""
+        """A new session (counted against `max_sessions`)."""
         steering = self.steering(req.memory)
-        state = _SessionState(Session(self.model, self.tokenizer, steering, system=req.system), req.memory)
+        state = _SessionState(req.memory, steering, req.system, self._session_state())
         with self._state_lock:
             if len(self.sessions) >= self.max_sessions:
                 raise ApiError(429, f"this server holds its limit of {self.max_sessions} sessions; DELETE "
@@ -505,53 +516,79 @@ class Service:
                            code="session_not_found")
         return state
 
+    def patch_session(self, state: _SessionState, memory: MemorySpec | None) -> None:
+        """Change the guidance from the next turn on; the transcript (and any cache) stay as they are."""
+        steering = self.steering(memory)
+        with state.lock:  # never in the middle of a turn
+            state.steering, state.memory = steering, memory
+
+    def delete_session(self, session_id: str) -> None:
+        self.get_session(session_id)
+        with self._state_lock:
+            self.sessions.pop(session_id, None)
+
     def session_turn(self, state: _SessionState, req: SessionMessage) -> dict:
+        """One turn: the transcript plus the new user message, steered with the session's current memory.
+
+        The stripped reply (cut at a stop string) joins the transcript; banks never do.
+        """
         max_tokens = self.max_tokens(req)
         options = _sampling_options(req, max_tokens)
-        stops = req.stop
-        with self.lock:
-            session = state.session
-            ids = self.render(session.messages + [{"role": "user", "content": req.content}])
+        user = {"role": "user", "content": req.content}
+        with state.lock:
+            ids = self.render(state.messages + [user])
             self._check_length(len(ids), max_tokens)
-            if state.evicted:
-                cache_state = "rebuilt"
-            elif session.cache.get_seq_length() == 0:
-                cache_state = "new"
-            else:
-                cache_state = "reused"
-            reused = 0
-            for a, b in zip(ids, session.cache_ids):
-                if a != b:
-                    break
-                reused += 1
-            reused = min(reused, len(ids) - 1)
-            streamer = _TokenQueue()
-            if req.seed is not None:
-                torch.manual_seed(req.seed)
-            criteria = StoppingCriteriaList([_StopOn(self.tokenizer, len(ids), stops, None)])
-            try:
-                session.send(req.content, streamer=streamer, stopping_criteria=criteria, **options)
-            except BaseException:
-                # keep the transcript consistent: drop the unanswered user turn
-                if session.messages and session.messages[-1]["role"] == "user":
-                    session.messages.pop()
-                raise
-            state.evicted = False
-            text, reason, completion = self.finish(streamer.tokens, max_tokens, stops)
+            state.last_used = time.monotonic()  # the most recent session while its cache budget is enforced
+            tokens, cache = self._session_generate(state, ids, options, req.seed, req.stop)
+            text, reason, completion = self.finish(tokens, max_tokens, req.stop)
             text = text.strip()
-            session.messages[-1]["content"] = text
-            state.last_used = time.monotonic()
-            cached = session.cache.get_seq_length()
-            self._enforce_budget()
+            state.messages += [user, {"role": "assistant", "content": text}]
         return {
             "id": "chatcmpl-" + secrets.token_hex(12), "object": "session.message", "created": int(time.time()),
             "model": self.model_id, "session_id": state.id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
             "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
                       "total_tokens": len(ids) + completion},
-            "cache": cache_state, "cache_reused_tokens": reused if cache_state == "reused" else 0,
-            "cache_tokens": cached,
+            **cache,
         }
+
+    def session_view(self, state: _SessionState) -> dict:
+        return {
+            "id": state.id, "object": "session", "created": state.created, "model": self.model_id,
+            "messages": [dict(m) for m in state.messages],
+            "memory": state.memory.model_dump() if state.memory is not None else None,
+            "cache": self._session_cache_view(state),
+        }
+
+    # ---- sessions: the transformers engine's KV cache ---------------------------------------------------
+    def _session_state(self) -> Session:
+        """A session's own KV cache (a `Session`; the server keeps the transcript and steering)."""
+        return Session(self.model, self.tokenizer)
+
+    def _session_generate(self, state: _SessionState, ids: list[int], options: dict[str, Any], seed: int | None,
+                          stops: list[str] | None) -> tuple[list[int], dict[str, Any]]:
+        """The reply's token ids, from the session's cache, and the turn's cache report:
+        `cache` is "new" (empty cache), "reused" (its common prefix with the prompt kept) or "rebuilt" (the
+        cache had been evicted), with `cache_reused_tokens` and `cache_tokens` (its length after the turn)."""
+        session = state.session
+        with self.lock:
+            if state.evicted:
+                cache_state = "rebuilt"
+            elif session.cache.get_seq_length() == 0:
+                cache_state = "new"
+            else:
+                cache_state = "reused"
+            reused = min(common_prefix(ids, session.cache_ids), len(ids) - 1)
+            if seed is not None:
+                torch.manual_seed(seed)
+            criteria = StoppingCriteriaList([_StopOn(self.tokenizer, len(ids), stops, None)])
+            session.steering = state.steering  # the session's current guidance (a PATCH changes state.steering)
+            tokens = session.generate(ids, stopping_criteria=criteria, **options)
+            state.evicted = False
+            cached = session.cache.get_seq_length()
+            self._enforce_budget()
+        return tokens, {"cache": cache_state, "cache_reused_tokens": reused if cache_state == "reused" else 0,
+                        "cache_tokens": cached}
 
     def _enforce_budget(self) -> None:
         """Drop least-recently-used session caches (transcripts stay) until the total fits the budget."""
@@ -571,14 +608,9 @@ class Service:
             logger.info("evicted the KV cache of session %s (%d bytes; budget %d)", state.id, size,
                         self.session_cache_bytes)
 
-    def session_view(self, state: _SessionState) -> dict:
-        return {
-            "id": state.id, "object": "session", "created": state.created, "model": self.model_id,
-            "messages": [dict(m) for m in state.session.messages],
-            "memory": state.memory.model_dump() if state.memory is not None else None,
-            "cache": {"tokens": state.session.cache.get_seq_length(), "bytes": _cache_bytes(state.session.cache),
-                      "evicted": state.evicted},
-        }
+    def _session_cache_view(self, state: _SessionState) -> dict[str, Any]:
+        cache = state.session.cache
+        return {"tokens": cache.get_seq_length(), "bytes": _cache_bytes(cache), "evicted": state.evicted}
 
 
 # ============================================================================ middleware
@@ -810,17 +842,12 @@ def create_app(
     @app.patch("/v1/sessions/{session_id}")
     def patch_session(session_id: str, req: SessionPatch) -> dict:
         state = service.get_session(session_id)
-        steering = service.steering(req.memory)
-        with service.lock:  # never between the turns of a running generation
-            state.session.steering = steering
-            state.memory = req.memory
+        service.patch_session(state, req.memory)
         return service.session_view(state)
 
     @app.delete("/v1/sessions/{session_id}")
     def delete_session(session_id: str) -> dict:
-        service.get_session(session_id)
-        with service._state_lock:
-            service.sessions.pop(session_id, None)
+        service.delete_session(session_id)
         return {"object": "session.deleted", "id": session_id, "deleted": True}
 
     app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes)

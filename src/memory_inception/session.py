@@ -34,8 +34,18 @@ class Session:
     def send(self, text: str, **generation_options: Any) -> str:
         """Add a user turn, generate the assistant's reply (greedy, 128 new tokens unless told), return it."""
         self.messages.append({"role": "user", "content": text})
-        ids = self._render()
-        keep = _common_prefix(ids, self.cache_ids)
+        new = self.generate(self._render(), **generation_options)
+        reply = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        self.messages.append({"role": "assistant", "content": reply})
+        return reply
+
+    def generate(self, ids: list[int], **generation_options: Any) -> list[int]:
+        """The new token ids after the rendered conversation `ids`, with the current steering.
+
+        The cache's common prefix with `ids` is reused and the rest computed; the cache then holds `ids` and the
+        reply. The transcript is not touched (`send` is this plus the transcript; the server keeps its own).
+        """
+        keep = common_prefix(ids, self.cache_ids)
         keep = min(keep, len(ids) - 1)  # generate needs at least one new token to read
         surplus = self.cache.get_seq_length() - keep
         if surplus > 0:
@@ -53,9 +63,7 @@ class Session:
             )
         new = output[0, len(ids) :].tolist()
         self.cache_ids = (ids + new)[: self.cache.get_seq_length()]
-        reply = self.tokenizer.decode(new, skip_special_tokens=True).strip()
-        self.messages.append({"role": "assistant", "content": reply})
-        return reply
+        return new
 
     def transcript(self) -> str:
         """The visible conversation as the model reads it (chat template applied)."""
@@ -72,7 +80,8 @@ class Session:
         return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
