@@ -6,6 +6,9 @@ this directory.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,6 +21,8 @@ BANK_TEXTS = {
     "poet": "Answer in the style of a romantic poet, full of flowers and moonlight.",
 }
 MAX_NEW_TOKENS = 24
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # servers.RunningServer: uvicorn on loopback
 
 
 @pytest.fixture(scope="session")
