@@ -259,3 +259,26 @@ def test_symbols_alone_do_not_pass() -> None:
     p = _physics(r"\frac{2 \sin \theta}{mN}")
     assert not grade_physics(p, r"The answer depends on $\theta$, $m$ and $N$ only.").correct
     assert not grade_physics(p, r"$d = 1/N$ and $\lambda$ depends on $\theta$.").correct
+
+
+def test_a_power_of_ten_is_its_value() -> None:
+    """'10^{-2} cm/s' is 0.01 cm/s: a reply saying 10^{-5} (or 10 A) must not match it (seen in real runs)."""
+    p = _physics(r"10^{-2} \text{ cm/sec}")
+    assert grade_physics(p, r"The drift velocity is $\boxed{10^{-2} \text{ cm/sec}}$.").correct
+    assert grade_physics(p, r"The drift velocity is $\boxed{0.01 \text{ cm/sec}}$.").correct
+    assert not grade_physics(p, r"A wire carrying 10 A has drift velocity $10^{-5}$.").correct
+    assert not grade_physics(p, r"$\boxed{10 \text{ cm/sec}}$").correct
+
+
+def test_environment_names_are_not_prose_words() -> None:
+    """An aligned-environment reference is math, not prose: a reply that also uses \\begin{aligned} is no match."""
+    p = _physics(r"\begin{aligned} \Phi_1 &= \sum_{n} a_n P_n(\cos \theta) r^n \end{aligned}")
+    reply = r"The potential is $$\begin{aligned} V(r, \theta) &= \sin \theta \cos \theta \end{aligned}$$"
+    assert not grade_physics(p, reply).correct
+
+
+def test_a_table_reference_needs_every_cell() -> None:
+    p = _physics(r"\begin{array}{|c|c|} \hline \vert 0, 0 \rangle & 0 \\ \vert 1, \pm 1 \rangle & -\frac{1}{2} \\ \hline \end{array}")
+    full = r"$$\begin{array}{cc} \vert 0, 0 \rangle & 0 \\ \vert 1, \pm 1 \rangle & -\frac{1}{2} \end{array}$$"
+    assert grade_physics(p, full).correct
+    assert not grade_physics(p, r"$$\begin{array}{cc} \vert 0, 0 \rangle & 0 \end{array}$$").correct

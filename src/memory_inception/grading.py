@@ -411,7 +411,11 @@ def _leading_number(s: str) -> tuple[float, str] | None:
     mant = float(m.group(1).replace(" ", ""))
     exp = m.group(2) or m.group(3)
     value = mant * 10.0 ** int(exp.replace(" ", "")) if exp else mant
-    return value, s[m.end() :].strip()
+    tail = s[m.end() :].strip()
+    power = re.match(r"^\^\s*\{?\s*([-+]?\s*\d+(?:\.\d+)?)\s*\}?", tail) if not exp else None
+    if power:  # "10^{-2} cm/s" is 0.01 cm/s, not 10 with a unit power
+        return mant ** float(power.group(1).replace(" ", "")), tail[power.end() :].strip()
+    return value, tail
 
 
 def _is_unit_tail(tail: str) -> bool:
@@ -931,6 +935,7 @@ def _grade_physics(problem: Problem, response: str, rtol: float, require_boxed: 
 def _prose_words(answer: str) -> list[str]:
     """Content words written as text (inside \\text{...} or bare words), units excluded."""
     blocks = " ".join(re.findall(r"\\text\s*\{([^{}]*)\}", answer))
+    answer = re.sub(r"\\(?:begin|end)\s*\{[^{}]*\}", " ", answer)  # environment names are not words
     bare = re.sub(r"\\[a-zA-Z]+|\\text\s*\{[^{}]*\}", " ", answer)
     bare_words = [w for w in re.findall(r"[A-Za-z]{3,}", bare)]
     words = _content_words(blocks) + [w.lower() for w in bare_words if len(w) >= 4]
@@ -956,7 +961,21 @@ def _listed_values(answer: str) -> list[str]:
 _Defs = dict[str, list[str]]
 
 
+def _table_cells(answer: str) -> list[str] | None:
+    """The cells of a reference given as a LaTeX array/tabular (None if it is not one)."""
+    m = re.search(r"\\begin\{(array|tabular)\}(?:\{[^{}]*\})?(.*?)\\end\{\1\}", answer, re.S)
+    if not m:
+        return None
+    body = re.sub(r"\\hline", " ", m.group(2))
+    return [c.strip() for row in re.split(r"\\\\", body) for c in row.split("&") if c.strip()]
+
+
 def _physics_match(answer: str, prepared: list[tuple[str, str]], context: str, rtol: float, defs: _Defs | None = None) -> tuple[bool, str]:
+    cells = _table_cells(answer)
+    if cells:  # a table: every cell's text must appear in the response
+        context_key = _text_key(context)
+        found = sum(_text_key(c) in context_key for c in cells)
+        return found == len(cells), f"table: {found}/{len(cells)} cells found"
     parts = _listed_values(answer)
     if len(parts) > 1:
         results = [_physics_match_one(p, prepared, context, rtol, defs) for p in parts]
