@@ -282,3 +282,12 @@ def test_a_table_reference_needs_every_cell() -> None:
     full = r"$$\begin{array}{cc} \vert 0, 0 \rangle & 0 \\ \vert 1, \pm 1 \rangle & -\frac{1}{2} \end{array}$$"
     assert grade_physics(p, full).correct
     assert not grade_physics(p, r"$$\begin{array}{cc} \vert 0, 0 \rangle & 0 \end{array}$$").correct
+
+
+def test_the_integral_restated_is_not_an_answer() -> None:
+    """Evaluated numerically, the question's own integral equals the true value: it must not count (seen in a real run)."""
+    p = next(x for x in load_hardmath() if x.id == "hardmath/282")
+    restated = p.question[p.question.index("I(x)"):].split("$")[0] if "I(x)" in p.question else ""
+    assert restated and "\\int" in restated
+    assert not grade_hardmath(p, f"We use Laplace's method. $$ {restated} $$").correct
+    assert grade_hardmath(p, p.solution).correct

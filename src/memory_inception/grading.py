@@ -728,7 +728,8 @@ def _grade_hardmath(problem: Problem, response: str, rtol: float) -> Grade:
     parts, extracted = _final_parts(response, len(problem.answers))
     if not parts:
         return Grade(False, 0.0, extracted, "no final answer found")
-    cands = [_to_sympy(_prepare(p)) for p in parts]
+    # An unevaluated integral is the question restated, not an answer (evaluated, it equals the true value).
+    cands = [None if re.search(r"\\i+nt(?![a-zA-Z])", p) else _to_sympy(_prepare(p)) for p in parts]
     if kind == "nondimensionalization_numeric":
         ref = float(_leading_number(_prepare(problem.answers[0]))[0])  # type: ignore[index]
         precision = extra.get("precision") or 2
