@@ -25,6 +25,7 @@ from .base import Context, Task, Unit
 from .config import EvalConfig
 
 REASONING_METHODS = ("plain", "prompting", "mi")
+POOLING_TEXT = {"concat": "'mi' with one slot per token (concat pooling)", "mean": "'mi-mean' with one slot per bank (mean pooling)"}
 CHUNK = 4
 
 
@@ -253,7 +254,7 @@ class ReasoningTask(Task):
             f"MI rho {cfg.rho:g} at {cfg.mi.sites or 'the default sites'}. Modes: direct (final answer only, "
             f"{opts.direct_tokens or 64} new tokens) and steps (step by step, {opts.steps_tokens or 384} new tokens), greedy. "
             "Prompting shows the type's checklist and the auxiliary texts as one system message; MI reads the same texts "
-            "as banks: 'mi' with one slot per token (concat pooling), 'mi-mean' with one slot per bank (mean pooling). "
+            "as banks: " + ", ".join(POOLING_TEXT[x] for x in opts.poolings) + ". "
             "Graded offline (memory_inception.grading). CAA is not run: a checklist has no contrast pairs.", "",
             "Correct answers per cell:", "",
             table(header, body), "",
