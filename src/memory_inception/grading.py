@@ -404,17 +404,18 @@ def _leading_number(s: str) -> tuple[float, str] | None:
     """``'2.6 \\times 10^{3} J/K'`` -> ``(2600.0, 'J/K')``; None if ``s`` does not start with a number."""
     m = _SCI.match(s)
     if not m:
-        m10 = re.match(r"^\s*10\s*\^\s*\{?\s*([-+]?\s*\d+)\s*\}?", s)
-        if not m10:
-            return None
-        return 10.0 ** int(m10.group(1).replace(" ", "")), s[m10.end() :].strip()
+        return None
     mant = float(m.group(1).replace(" ", ""))
     exp = m.group(2) or m.group(3)
     value = mant * 10.0 ** int(exp.replace(" ", "")) if exp else mant
     tail = s[m.end() :].strip()
     power = re.match(r"^\^\s*\{?\s*([-+]?\s*\d+(?:\.\d+)?)\s*\}?", tail) if not exp else None
-    if power:  # "10^{-2} cm/s" is 0.01 cm/s, not 10 with a unit power
-        return mant ** float(power.group(1).replace(" ", "")), tail[power.end() :].strip()
+    if power:  # "10^{-2} cm/s" is 0.01 cm/s, not 10 with a unit power; "-2^{2}" is -4 as in LaTeX
+        try:
+            value = math.copysign(abs(mant) ** float(power.group(1).replace(" ", "")), mant)
+        except OverflowError:
+            return None
+        return value, tail[power.end() :].strip()
     return value, tail
 
 
