@@ -13,26 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from memory_inception.grading import grade
-from memory_inception.reasoning import load_hardmath, load_physics
-
-
-def regrade(path: Path, problems: dict) -> list[str]:
-    changed, lines = [], []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "cell":
-            for row in record["rows"]:
-                g = grade(problems[row["id"]], row["reply"])
-                if g.correct != row["correct"]:
-                    changed.append(f"{record['unit']} {row['id']}: {row['correct']} -> {g.correct} ({g.detail[:120]})")
-                row.update(extracted=g.extracted, correct=g.correct, score=g.score, detail=g.detail[:300])
-            record["correct"] = sum(r["correct"] for r in record["rows"])
-        lines.append(json.dumps(record))
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return changed
+from memory_inception.evaluation import get_task
+from memory_inception.evaluation.runner import read_records, records_path
 
 
 def main() -> None:
@@ -41,14 +23,17 @@ def main() -> None:
     ap.add_argument("--tasks", default="hardmath,physics")
     args = ap.parse_args()
     for task in args.tasks.split(","):
-        path = args.out / f"{task}.jsonl"
+        path = records_path(args.out, task)
         if not path.is_file():
             continue
-        problems = {p.id: p for p in (load_hardmath() if task == "hardmath" else load_physics())}
-        changed = regrade(path, problems)
+        records = read_records(path)
+        changed = get_task(task).regrade(records)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, path)
         print(f"{path}: {len(changed)} verdict(s) changed")
-        for c in changed:
-            print("  " + c)
+        for line in changed:
+            print("  " + line)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,17 @@ def test_interrupted_run_keeps_finished_units_and_resumes(tmp_path, tiny_dir):
 def test_report_needs_results(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "mi eval" in result.output
+
+
+def test_regrade_rewrites_stale_verdicts_and_cell_counts() -> None:
+    """A cell graded by an older grader: the stale verdict flips, the right one stays, the count follows."""
+    record = {"unit": "electro|direct|mi|0", "kind": "cell", "correct": 2, "n": 2, "rows": [
+        {"id": "physics/electro/2_15", "reply": "A wire carrying 10 A has drift velocity $10^{-5}$.", "correct": True},
+        {"id": "physics/electro/2_15", "reply": r"The drift velocity is $\boxed{10^{-2} \text{ cm/sec}}$.", "correct": True},
+    ]}
+    storage = {"unit": "storage", "kind": "storage", "storage": {}}
+    changed = get_task("physics").regrade([record, storage])
+    assert len(changed) == 1 and changed[0].startswith("electro|direct|mi|0 physics/electro/2_15: True -> False")
+    assert [r["correct"] for r in record["rows"]] == [False, True] and record["correct"] == 1
+    assert all({"extracted", "score", "detail"} <= set(r) for r in record["rows"])
+    assert storage == {"unit": "storage", "kind": "storage", "storage": {}}

@@ -54,6 +54,14 @@ class ReasoningOptions:
     solution_tokens: int = 384  # the reference solution's first tokens scored as the step-by-step reply
 
 
+def _grade_fields(problem: Any, reply: str) -> dict[str, Any]:
+    """One reply's grade as a cell row stores it."""
+    from ..grading import grade
+
+    g = grade(problem, reply)
+    return {"extracted": g.extracted, "correct": g.correct, "score": g.score, "detail": g.detail[:300]}
+
+
 def sample(problems: list[Any], kinds: list[str], per_cell: int, seed: int) -> dict[str, list[Any]]:
     """`per_cell` problems of each type, drawn with `seed`, kept in dataset order."""
     out = {}
@@ -75,6 +83,24 @@ class ReasoningTask(Task):
         if self.benchmark == "hardmath":
             return load_hardmath(), hardmath_kinds()
         return load_physics(), physics_subjects()
+
+    def _chosen(self, ids: list[str]) -> list[Any]:
+        by_id = {p.id: p for p in self._problems()[0]}
+        return [by_id[i] for i in ids]
+
+    def regrade(self, records: list[dict[str, Any]]) -> list[str]:
+        """Grade the cells' stored replies again with the current grader, in place; one line per changed verdict."""
+        changed = []
+        for record in records:
+            if record.get("kind") != "cell":
+                continue
+            for row, problem in zip(record["rows"], self._chosen([r["id"] for r in record["rows"]])):
+                fields = _grade_fields(problem, row["reply"])
+                if fields["correct"] != row["correct"]:
+                    changed.append(f"{record['unit']} {row['id']}: {row['correct']} -> {fields['correct']} ({fields['detail'][:120]})")
+                row.update(fields)
+            record["correct"] = sum(r["correct"] for r in record["rows"])
+        return changed
 
     def _check(self, opts: ReasoningOptions) -> None:
         from ..heuristics import AUXILIARY, MODES
@@ -142,7 +168,6 @@ class ReasoningTask(Task):
 
     # ---- running ----------------------------------------------------------------------------------------
     def run(self, ctx: Context, unit: Unit) -> dict[str, Any]:
-        from ..grading import grade
         from ..heuristics import MODE_TOKENS, mode_messages
 
         opts = self.options(ctx.cfg)
@@ -151,9 +176,7 @@ class ReasoningTask(Task):
         if unit.fields["kind"] == "likelihood":
             return self._likelihood(ctx, unit.fields, opts)
         f = unit.fields
-        problems, _ = self._problems()
-        by_id = {p.id: p for p in problems}
-        chosen = [by_id[i] for i in f["ids"]]
+        chosen = self._chosen(f["ids"])
         budget = {"direct": opts.direct_tokens, "steps": opts.steps_tokens}.get(f["mode"]) or MODE_TOKENS[f["mode"]]
         rows: list[dict[str, Any]] = []
         groups: dict[str, list[Any]] = {}
@@ -166,9 +189,7 @@ class ReasoningTask(Task):
             replies = generate(ctx.model, ctx.tokenizer, method, [mode_messages(p, f["mode"]) for p in group],
                                max_new_tokens=budget, batch_size=ctx.cfg.batch_size)
             for p, reply in zip(group, replies):
-                g = grade(p, reply)
-                rows.append({"id": p.id, "routed": key, "reply": reply, "extracted": g.extracted, "correct": g.correct,
-                             "score": g.score, "detail": g.detail[:300]})
+                rows.append({"id": p.id, "routed": key, "reply": reply, **_grade_fields(p, reply)})
         return {"rows": rows, "correct": sum(r["correct"] for r in rows), "n": len(rows), "budget": budget}
 
     def _likelihood(self, ctx: Context, f: dict[str, Any], opts: ReasoningOptions) -> dict[str, Any]:
@@ -180,9 +201,7 @@ class ReasoningTask(Task):
         from ..heuristics import mode_messages
         from ..methods import score
 
-        problems, _ = self._problems()
-        by_id = {p.id: p for p in problems}
-        chosen = [by_id[i] for i in f["ids"]]
+        chosen = self._chosen(f["ids"])
         guides = {p.id: self._guide(p, opts) for p in chosen}
         rows = []
         for p in chosen:
