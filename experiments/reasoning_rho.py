@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import memory_inception as mi
+from memory_inception.calibration import DEFAULT_TOLERANCE as BOUND
 from memory_inception.evaluation.reasoning import sample
 from memory_inception.grading import grade
 from memory_inception.heuristics import DEFAULT_AUX_GAINS, guidance, mode_messages
@@ -24,8 +25,6 @@ from memory_inception.methods import MI, Plain, Prompting, generate
 from memory_inception.metrics import repeated_ngram_rate
 from memory_inception.reasoning import hardmath_kinds, load_hardmath, load_physics, physics_subjects
 from memory_inception.steering import Steering
-
-BOUND = 0.10
 
 
 def main() -> None:
