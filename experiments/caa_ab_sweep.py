@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import memory_inception as mi
-from memory_inception import caa
+from memory_inception.methods import caa
 
 MULTIPLIERS = [-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
 DEFAULT_BEHAVIORS = ["corrigible-neutral-HHH", "survival-instinct", "coordinate-other-ais", "myopic-reward"]

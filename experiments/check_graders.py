@@ -17,8 +17,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from memory_inception.grading import grade_hardmath, grade_physics
-from memory_inception.reasoning import load_hardmath, load_physics
+from memory_inception.evaluation.grading.graders import grade_hardmath, grade_physics
+from memory_inception.datasets.reasoning_problems import load_hardmath, load_physics
 
 
 NOTES = """

@@ -20,10 +20,12 @@ import time
 import torch
 
 import memory_inception as mi
-from memory_inception.architecture import geometry
-from memory_inception.methods import MI, Plain, statement_margin
-from memory_inception.selection import random_sites
-from memory_inception.traits import DESCRIPTORS, statements
+from memory_inception.core.architecture import geometry
+from memory_inception.methods.mi import MI
+from memory_inception.methods.base import Plain
+from memory_inception.methods.runners import statement_margin
+from memory_inception.tuning.selection import random_sites
+from memory_inception.datasets.traits import DESCRIPTORS, statements
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-from memory_inception.judges import TRAITS, TraitJudge, embed, load_encoder, persona_statements
+from memory_inception.datasets.traits import TRAITS
+from memory_inception.evaluation.judges import TraitJudge, embed, load_encoder, persona_statements
 
 # (high pole, low pole): first-person conversational replies, some with assistant-style filler sentences
 REPLIES: dict[str, tuple[list[str], list[str]]] = {

@@ -8,7 +8,7 @@ from conftest import make_tiny
 from safetensors.torch import save_file
 
 import memory_inception as mi
-from memory_inception.architecture import attention_modules
+from memory_inception.core.architecture import attention_modules
 
 TEXT = "you are a cheerful pirate\nbe brief and kind"
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 from conftest import ARCHS, make_tiny, make_tiny_tokenizer
 
-from memory_inception import caa
-from memory_inception.caa import ActivationAddition, ContrastPair, SteeringVector
+from memory_inception.methods import caa
+from memory_inception.methods.caa.hooks import ActivationAddition
+from memory_inception.methods.caa.pairs import ContrastPair
+from memory_inception.methods.caa.vectors import SteeringVector
 from memory_inception.errors import MemoryInceptionError, SteeringError
 
 PROMPT = torch.tensor([[20, 21, 22, 23, 24, 25, 26]])
@@ -332,7 +334,7 @@ def test_real_tokenizer_reads_the_letter_after_the_bracket():
     except MemoryInceptionError as exc:  # pragma: no cover - only without the model package
         pytest.skip(str(exc))
     item = caa.load_ab_items("sycophancy", "test")[0]
-    prompt, n_instr, match, other = caa._prepare_ab_item(tok, item, 0)
+    prompt, n_instr, match, other = caa.prepare_ab_item(tok, item, 0)
     assert tok.convert_ids_to_tokens(prompt[-1]) == "("
     assert {tok.convert_ids_to_tokens(match), tok.convert_ids_to_tokens(other)} == {"A", "B"}
     tail = tok.decode(prompt[n_instr:])

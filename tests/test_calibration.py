@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 import memory_inception as mi
-from memory_inception.calibration import calibrate, search
-from memory_inception.methods import MI
+from memory_inception.tuning.calibration import calibrate
+from memory_inception.tuning.calibration import search
+from memory_inception.methods.mi import MI
 
 
 def test_search_maximizes_control_within_the_bound():

@@ -7,17 +7,9 @@ import time
 
 import pytest
 
-from memory_inception.grading import (
-    Grade,
-    GradingTimeout,
-    deadline,
-    extract_final_answer,
-    find_boxed,
-    grade,
-    grade_hardmath,
-    grade_physics,
-)
-from memory_inception.reasoning import Problem, load_hardmath, load_physics
+from memory_inception.evaluation.grading.graders import Grade, GradingTimeout, deadline, grade, grade_hardmath, grade_physics
+from memory_inception.datasets.latex_spans import extract_final_answer, find_boxed
+from memory_inception.datasets.reasoning_problems import Problem, load_hardmath, load_physics
 
 
 def _physics(*answers: str) -> Problem:

@@ -7,20 +7,8 @@ import re
 import pytest
 
 from memory_inception.errors import EvaluationError
-from memory_inception.heuristics import (
-    AUXILIARY,
-    DEFAULT_AUX_GAINS,
-    HEURISTICS,
-    MODE_TOKENS,
-    MODES,
-    Guidance,
-    classify,
-    guidance,
-    mode_instruction,
-    mode_messages,
-    route,
-)
-from memory_inception.reasoning import Problem, hardmath_kinds, load_hardmath, load_physics, physics_subjects
+from memory_inception.evaluation.heuristics import AUXILIARY, DEFAULT_AUX_GAINS, HEURISTICS, MODE_TOKENS, MODES, Guidance, classify, guidance, mode_instruction, mode_messages, route
+from memory_inception.datasets.reasoning_problems import Problem, hardmath_kinds, load_hardmath, load_physics, physics_subjects
 
 
 def _words(text: str) -> int:
@@ -230,7 +218,7 @@ def test_guidance_errors() -> None:
 
 
 def test_no_ids_in_router_rules() -> None:
-    import memory_inception.heuristics as h
+    import memory_inception.evaluation.heuristics as h
 
     source = open(h.__file__, encoding="utf-8").read()
     assert not re.search(r"hardmath/\d|physics/[a-z]+/", source)

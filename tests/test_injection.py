@@ -7,7 +7,7 @@ import torch
 from conftest import ARCHS, make_tiny
 
 import memory_inception as mi
-from memory_inception.architecture import output_cache
+from memory_inception.core.architecture import output_cache
 from memory_inception.errors import SteeringError
 
 TOL = 1e-4

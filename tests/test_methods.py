@@ -7,21 +7,16 @@ import torch
 from conftest import ARCHS
 
 import memory_inception as mi
-from memory_inception.caa import ActivationAddition, SteeringVector
-from memory_inception.methods import (
-    CAA,
-    MI,
-    Combined,
-    Plain,
-    Prompting,
-    generate,
-    next_token_logprobs,
-    render,
-    score,
-    score_shared,
-    statement_margin,
-)
-from memory_inception.storage import prompt_kv_bytes
+from memory_inception.methods.caa.hooks import ActivationAddition
+from memory_inception.methods.caa.vectors import SteeringVector
+from memory_inception.methods.caa.method import CAA
+from memory_inception.methods.mi import MI
+from memory_inception.methods.combined import Combined
+from memory_inception.methods.base import Plain
+from memory_inception.methods.prompting import Prompting
+from memory_inception.methods.runners import generate
+from memory_inception.methods.runners import next_token_logprobs, render, score, score_shared, statement_margin
+from memory_inception.core.storage import prompt_kv_bytes
 
 CONV = [{"role": "user", "content": "tell me about cats"}]
 CONVS = [CONV, [{"role": "user", "content": "how is weather today please"}]]
@@ -151,7 +146,7 @@ def test_costs(tiny_models, tiny_tokenizer):
 
 
 def test_statement_margin_is_the_mean_log_probability_gap(tiny_models, tiny_tokenizer):
-    from memory_inception.methods import ASK
+    from memory_inception.methods.runners import ASK
 
     model, tok = tiny_models("llama"), tiny_tokenizer
     yes, no = ["you are a cheerful pirate", "yes always friendly"], ["you are quiet grumpy"]

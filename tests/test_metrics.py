@@ -9,15 +9,8 @@ import torch
 from conftest import ARCHS, make_tiny, make_tiny_tokenizer
 
 from memory_inception.errors import EvaluationError
-from memory_inception.metrics import (
-    Fluency,
-    compression_ratio,
-    distinct_n,
-    fluency,
-    perplexity,
-    repeated_ngram_rate,
-    words,
-)
+from memory_inception.tuning.fluency import Fluency, compression_ratio, distinct_n, fluency, repeated_ngram_rate, words
+from memory_inception.evaluation.metrics import perplexity
 
 
 def test_words_lowercase_and_keep_inner_apostrophes():
@@ -124,8 +117,8 @@ def test_perplexity_input_errors():
 
 
 def test_relevance_on_topic_beats_off_topic():
-    from memory_inception.judges import load_encoder
-    from memory_inception.metrics import relevance
+    from memory_inception.evaluation.judges import load_encoder
+    from memory_inception.evaluation.metrics import relevance
 
     encoder = load_encoder()
     prompt = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "How do I bake bread?"}]

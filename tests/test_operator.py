@@ -10,8 +10,9 @@ from conftest import ARCHS
 from reference import reference_steering
 
 import memory_inception as mi
-from memory_inception.architecture import geometry
-from memory_inception.operator import LayerPlan, site_attention
+from memory_inception.core.architecture import geometry
+from memory_inception.core.plan import LayerPlan
+from memory_inception.core.operator import site_attention
 
 TOL = 1e-4
 

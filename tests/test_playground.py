@@ -15,7 +15,7 @@ import pytest
 
 from servers import PIRATE, RunningServer
 
-from memory_inception.server import create_app
+from memory_inception.serving.app import create_app
 
 pytestmark = pytest.mark.real_model
 

@@ -8,7 +8,7 @@ from conftest import ARCHS
 from transformers import DynamicCache
 
 import memory_inception as mi
-from memory_inception.architecture import cache_kwargs
+from memory_inception.core.architecture import cache_kwargs
 
 
 def _steering(model, prefill):

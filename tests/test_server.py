@@ -11,7 +11,7 @@ import openai
 import pytest
 from servers import PIRATE, RunningServer
 
-from memory_inception.server import create_app
+from memory_inception.serving.app import create_app
 
 pytestmark = pytest.mark.real_model
 
@@ -67,7 +67,7 @@ def _chat(client, messages=QUESTION, max_tokens=8, memory=None, **kw):
 
 
 def test_health_models_and_request_log(http, client, caplog):
-    with caplog.at_level(logging.INFO, logger="memory_inception.server"):
+    with caplog.at_level(logging.INFO, logger="memory_inception.serving.app"):
         assert http.get("/health").json()["status"] == "ok"
         assert [m.id for m in client.models.list().data] == [MODEL_ID]
         deadline = time.monotonic() + 5
@@ -308,7 +308,7 @@ def test_sampling_with_a_seed_is_reproducible(client):
 def test_mi_serve_command_is_wired():
     from typer.testing import CliRunner
 
-    from memory_inception.cli import app
+    from memory_inception.cli.commands import app
 
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0

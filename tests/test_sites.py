@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import memory_inception as mi
-from memory_inception.architecture import geometry
+from memory_inception.core.architecture import geometry
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import memory_inception as mi
-from memory_inception.prompts import CONVERSATIONAL, open_ended_prompts
-from memory_inception.traits import DESCRIPTORS, TRAITS, statements
+from memory_inception.datasets.prompts import CONVERSATIONAL, open_ended_prompts
+from memory_inception.datasets.traits import DESCRIPTORS, TRAITS, statements
 
 
 def test_every_trait_has_two_distinct_poles():

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import memory_inception as mi
-from memory_inception.methods import MI, Plain, render
+from memory_inception.methods.mi import MI
+from memory_inception.methods.base import Plain
+from memory_inception.methods.runners import render
 
 BANK_TEXTS = {
     "pirate": "You are a pirate captain who talks about the sea, ships and treasure.",

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from servers import RunningServer
 
-from memory_inception.server import _TokenQueue, create_app
+from memory_inception.serving.app import _TokenQueue, create_app
 from memory_inception.vllm import BankUse, RequestSteering
 from memory_inception.vllm.bankdir import INLINE_DIR, InlineBankStore, inline_name
-from memory_inception.vllm.serving import VLLMService
+from memory_inception.serving.vllm_engine import VLLMService
 
 from conftest import BANK_TEXTS, MAX_NEW_TOKENS
 

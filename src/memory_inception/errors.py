@@ -25,3 +25,7 @@ class ModelLoadError(MemoryInceptionError, ValueError):
 
 class EvaluationError(MemoryInceptionError, ValueError):
     """An evaluation input is invalid (unknown trait, mismatched prompts and replies, missing judge model)."""
+
+
+class CAAError(SteeringError):
+    """A CAA dataset, steering vector or vector file is invalid or does not fit the model."""

@@ -11,16 +11,33 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import EvaluationError
-from .base import Context, Task, Unit
-from .capability import Capability
-from .config import ALL_PERSONAS, METHODS, TASK_NAMES, CAAConfig, EvalConfig, MIConfig, from_dict, load_config
-from .dialogue import DialogueShift
-from .personality import BigFiveGeneration, BigFiveSelfReport
-from .persistence import Persistence
-from .reasoning import HardMath, Physics
-from .runner import config_path, read_records, records_path, run_task
-from .storage import KVDims, Storage, published_dims
+from memory_inception.errors import EvaluationError
+from memory_inception.evaluation.base import Context, Task, Unit
+from memory_inception.evaluation.config import (
+    ALL_PERSONAS,
+    METHODS,
+    TASK_NAMES,
+    CAAConfig,
+    EvalConfig,
+    MIConfig,
+    from_dict,
+    load_config,
+)
+from memory_inception.evaluation.runner import (
+    config_path,
+    read_records,
+    records_path,
+    run_task,
+)
+from memory_inception.evaluation.tasks.capability import Capability
+from memory_inception.evaluation.tasks.dialogue import DialogueShift
+from memory_inception.evaluation.tasks.kv_storage import KVDims, Storage, published_dims
+from memory_inception.evaluation.tasks.persistence import Persistence
+from memory_inception.evaluation.tasks.personality import (
+    BigFiveGeneration,
+    BigFiveSelfReport,
+)
+from memory_inception.evaluation.tasks.reasoning import HardMath, Physics
 
 TASKS: dict[str, Task] = {
     t.name: t

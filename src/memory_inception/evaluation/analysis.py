@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..traits import TRAITS
+from memory_inception.datasets.traits import TRAITS
 
 METHOD_COLORS = {"plain": "#7f7f7f", "prompting": "#1f77b4", "caa": "#ff7f0e", "mi": "#2ca02c", "mi-mean": "#98df8a"}
 

@@ -11,14 +11,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..banks import Bank, build_bank
-from ..caa import STATEMENT_PROMPT, ContrastPair, SteeringVector, build_steering_vector
-from ..errors import EvaluationError
-from ..methods import CAA, MI, Method, Plain, Prompting
-from ..sites import Sites, parse_layers
-from ..steering import Steering
-from ..traits import DESCRIPTORS, statements
-from .config import EvalConfig, parse_persona
+from memory_inception.core.banks import Bank, build_bank
+from memory_inception.core.sites import Sites, parse_layers
+from memory_inception.core.steering import Steering
+from memory_inception.datasets.traits import DESCRIPTORS, statements
+from memory_inception.errors import EvaluationError
+from memory_inception.evaluation.config import EvalConfig, parse_persona
+from memory_inception.methods.base import Method, Plain
+from memory_inception.methods.caa.method import CAA
+from memory_inception.methods.caa.pairs import STATEMENT_PROMPT, ContrastPair
+from memory_inception.methods.caa.vectors import SteeringVector, build_steering_vector
+from memory_inception.methods.mi import MI
+from memory_inception.methods.prompting import Prompting
 
 # Persona statements are split three ways so no statement both builds a steering vector and scores a method.
 EVAL_STATEMENTS = (0, 30)  # offset, count per side for scoring
@@ -78,7 +82,7 @@ class Context:
         if self._model is None:
             from transformers.utils import logging as hf_logging
 
-            from ..models import load_model
+            from memory_inception.hf.models import load_model
 
             hf_logging.disable_progress_bar()
             self._model, self._tokenizer = load_model(self.cfg.model)
@@ -184,7 +188,7 @@ class Context:
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from ..judges import load_encoder
+            from memory_inception.evaluation.judges import load_encoder
 
             self._encoder = load_encoder()
         return self._encoder
@@ -192,7 +196,7 @@ class Context:
     def judge(self, trait: str) -> Any:
         """The offline trait judge (MiniLM + logistic regression on persona statements; deterministic)."""
         if trait not in self._judges:
-            from ..judges import TraitJudge
+            from memory_inception.evaluation.judges import TraitJudge
 
             self._judges[trait] = TraitJudge.fit(trait, self.encoder)
         return self._judges[trait]

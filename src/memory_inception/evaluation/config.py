@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvaluationError
-from ..models import DEFAULT_MODEL
-from ..steering import DEFAULT_RHO
-from ..traits import TRAITS, check_trait
+import tomllib
+
+from memory_inception.core.steering import DEFAULT_RHO
+from memory_inception.datasets.traits import TRAITS, check_trait
+from memory_inception.errors import EvaluationError
+from memory_inception.hf.models import DEFAULT_MODEL
 
 METHODS = ("plain", "prompting", "caa", "mi")
 TASK_NAMES = ("bigfive", "bigfive-generation", "dialogue", "persistence", "capability", "storage", "hardmath", "physics")

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ..errors import EvaluationError
-from .base import Context, Task
-from .config import EvalConfig
+from memory_inception.errors import EvaluationError
+from memory_inception.evaluation.base import Context, Task
+from memory_inception.evaluation.config import EvalConfig
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .spec import EXTRA_ARGS_KEY, BankUse, RequestSteering
+from memory_inception.vllm.spec import EXTRA_ARGS_KEY, BankUse, RequestSteering
 
 if TYPE_CHECKING:  # the engine needs vllm; import it only when used
-    from .engine import Generation, MIEngine, steered_prompt, steering_params
+    from memory_inception.vllm.engine import (
+        Generation,
+        MIEngine,
+        steered_prompt,
+        steering_params,
+    )
 
 __all__ = [
     "EXTRA_ARGS_KEY",
@@ -26,7 +31,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("Generation", "MIEngine", "steered_prompt", "steering_params"):
-        from . import engine
+        from memory_inception.vllm import engine
 
         return getattr(engine, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,12 +11,16 @@ from __future__ import annotations
 import re
 
 import torch
-from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
+from vllm.v1.attention.backends.cpu_attn import (
+    CPUAttentionBackend,
+    CPUAttentionBackendImpl,
+)
 
-from ..architecture import undo_rope
-from ..errors import SteeringError
-from ..operator import LayerPlan, site_attention
-from .state import WORKER, RequestState, SiteCopy
+from memory_inception.core.architecture import undo_rope
+from memory_inception.core.operator import site_attention
+from memory_inception.core.plan import LayerPlan
+from memory_inception.errors import SteeringError
+from memory_inception.vllm.state import WORKER, RequestState, SiteCopy
 
 LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 

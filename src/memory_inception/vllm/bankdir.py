@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..banks import Bank
-from ..errors import BankError
+from memory_inception.core.banks import Bank
+from memory_inception.errors import BankError
 
 logger = logging.getLogger(__name__)
 

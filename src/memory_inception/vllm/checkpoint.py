@@ -17,8 +17,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..architecture import ModelGeometry, config_geometry, inverse_tables, weights_fingerprint
-from ..errors import ModelLoadError
+from memory_inception.core.architecture import (
+    ModelGeometry,
+    config_geometry,
+    inverse_tables,
+    weights_fingerprint,
+)
+from memory_inception.errors import ModelLoadError
 
 KEY_PROJECTION_SUFFIX = "layers.0.self_attn.k_proj.weight"
 

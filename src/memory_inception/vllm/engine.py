@@ -10,12 +10,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from ..errors import MemoryInceptionError, ModelLoadError
-from ..injection import plan_layers
-from ..methods import Plain, render
-from .bankdir import BankDirectory
-from .checkpoint import Checkpoint
-from .spec import EXTRA_ARGS_KEY, RequestSteering
+from memory_inception.core.plan import plan_layers
+from memory_inception.errors import MemoryInceptionError, ModelLoadError
+from memory_inception.methods.base import Plain
+from memory_inception.methods.runners import render
+from memory_inception.vllm.bankdir import BankDirectory
+from memory_inception.vllm.checkpoint import Checkpoint
+from memory_inception.vllm.spec import EXTRA_ARGS_KEY, RequestSteering
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,13 @@ def steered_prompt(token_ids: Sequence[int], steering: RequestSteering | None = 
 
 def checkpoint_dir(model: str | Path | None) -> Path:
     """The transformers checkpoint directory vLLM loads: the core's converted GGUF entry, or a directory."""
-    from ..models import DEFAULT_MODEL, _REGISTRY, cache_entry, gguf_path, load_model
+    from memory_inception.hf.models import (
+        _REGISTRY,
+        DEFAULT_MODEL,
+        cache_entry,
+        gguf_path,
+        load_model,
+    )
 
     name = DEFAULT_MODEL if model is None else str(model)
     if name.lower() in _REGISTRY:

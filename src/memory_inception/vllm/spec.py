@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import SteeringError
-from ..sites import Sites, parse_layers
-from ..steering import DEFAULT_RHO, SCHEDULES, Steering
-from .bankdir import BankDirectory
+from memory_inception.core.sites import Sites, parse_layers
+from memory_inception.core.steering import DEFAULT_RHO, SCHEDULES, Steering
+from memory_inception.errors import SteeringError
+from memory_inception.vllm.bankdir import BankDirectory
 
 EXTRA_ARGS_KEY = "memory_inception"
 ROLES = ("target", "reference", "auxiliary")

@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
-from ..errors import MemoryInceptionError, SteeringError
-from ..injection import plan_layers
-from ..operator import LayerPlan
-from .bankdir import BankDirectory
-from .checkpoint import Checkpoint
-from .spec import EXTRA_ARGS_KEY, RequestSteering
+from memory_inception.core.plan import LayerPlan, plan_layers
+from memory_inception.errors import MemoryInceptionError, SteeringError
+from memory_inception.vllm.bankdir import BankDirectory
+from memory_inception.vllm.checkpoint import Checkpoint
+from memory_inception.vllm.spec import EXTRA_ARGS_KEY, RequestSteering
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import os
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-from ..errors import BankError
-from .bankdir import BankDirectory
-from .spec import RequestSteering
-from .state import BANK_DIR_ENV, WORKER
+from memory_inception.errors import BankError
+from memory_inception.vllm.bankdir import BankDirectory
+from memory_inception.vllm.spec import RequestSteering
+from memory_inception.vllm.state import BANK_DIR_ENV, WORKER
 
 
 class BatchTracker(LogitsProcessor):

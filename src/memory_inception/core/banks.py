@@ -1,0 +1,353 @@
+"""Banks: key/value slots built from text (spec section 1), saved as safetensors with metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from memory_inception.core.architecture import (
+    attention_modules,
+    cache_kwargs,
+    geometry,
+    inverse_tables,
+    model_fingerprint,
+    rotary_embedding,
+    undo_rope,
+)
+from memory_inception.errors import BankError
+
+logger = logging.getLogger(__name__)
+
+BANK_FORMAT = "memory-inception-bank"
+BANK_FORMAT_VERSION = 1
+STEERED_IMPLEMENTATIONS = ("mi_sdpa", "mi_eager")
+
+Variants = Literal["full", "lines"]
+Keep = Literal["descriptor", "all"]
+Pooling = Literal["concat", "mean"]
+
+
+@dataclass
+class Bank:
+    """Per layer, pre-RoPE keys and values `[H_kv, M, d]` built from one text (or token ids) by one model."""
+
+    name: str
+    text: str | None
+    token_ids: tuple[int, ...]
+    fingerprint: str
+    num_kv_heads: int
+    head_dim: int
+    options: dict[str, Any] = field(default_factory=dict)
+    _keys: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _values: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    # ---- access -------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The decoder layers this bank has slots for, ascending."""
+        return tuple(sorted(self._keys))
+
+    @property
+    def num_slots(self) -> int:
+        """M: slots per layer (the same at every layer)."""
+        return next(iter(self._keys.values())).shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all stored keys and values (spec section 7)."""
+        return sum(t.numel() * t.element_size() for t in (*self._keys.values(), *self._values.values()))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self._keys.values())).dtype
+
+    def keys(self, layer: int) -> torch.Tensor:
+        """Pre-RoPE keys `[H_kv, M, d]` of `layer`."""
+        return self._keys[self._check_layer(layer)]
+
+    def values(self, layer: int) -> torch.Tensor:
+        """Values `[H_kv, M, d]` of `layer`."""
+        return self._values[self._check_layer(layer)]
+
+    def _check_layer(self, layer: int) -> int:
+        if layer not in self._keys:
+            raise BankError(
+                f"bank {self.name!r} has no slots for layer {layer} (it has layers {list(self.layers)}); "
+                "build the bank with layers=None (all layers) or with the layers your sites use"
+            )
+        return layer
+
+    def check_model(self, model: nn.Module, fingerprint: str | None = None) -> None:
+        """Raise unless this bank was built by `model` (same geometry and weights).
+
+        Pass the model's `fingerprint` when checking several banks, so it is hashed once.
+        """
+        fp = fingerprint or model_fingerprint(model)
+        if fp != self.fingerprint:
+            raise BankError(
+                f"bank {self.name!r} was built by another model (bank fingerprint {self.fingerprint}, "
+                f"this model {fp}); rebuild the bank with this model (mi.build_bank or `mi bank build`)"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"Bank(name={self.name!r}, slots={self.num_slots}, layers={len(self.layers)}, "
+            f"kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, nbytes={self.nbytes})"
+        )
+
+    # ---- files ----------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the bank as one safetensors file with its metadata; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            tensors[f"keys.{layer}"] = self._keys[layer].detach().cpu().contiguous()
+            tensors[f"values.{layer}"] = self._values[layer].detach().cpu().contiguous()
+        metadata = {
+            "format": BANK_FORMAT,
+            "version": str(BANK_FORMAT_VERSION),
+            "name": self.name,
+            "text": json.dumps(self.text),
+            "token_ids": json.dumps(list(self.token_ids)),
+            "fingerprint": self.fingerprint,
+            "num_kv_heads": str(self.num_kv_heads),
+            "head_dim": str(self.head_dim),
+            "options": json.dumps(self.options),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Bank:
+        """Read a bank file; with `model`, also check it was built by that model."""
+        path = Path(path)
+        if not path.is_file():
+            raise BankError(f"no bank file at {path}; build one with `mi bank build TEXT -o {path}`")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise BankError(f"{path} is not a readable bank file ({exc}); rebuild it with `mi bank build`") from exc
+        if metadata.get("format") != BANK_FORMAT:
+            raise BankError(f"{path} is a safetensors file but not a memory-inception bank (no bank metadata)")
+        if int(metadata.get("version", "0")) > BANK_FORMAT_VERSION:
+            raise BankError(f"{path} was written by a newer memory-inception (format {metadata['version']}); upgrade")
+        keys = {int(k.split(".", 1)[1]): t for k, t in tensors.items() if k.startswith("keys.")}
+        values = {int(k.split(".", 1)[1]): t for k, t in tensors.items() if k.startswith("values.")}
+        if not keys or keys.keys() != values.keys():
+            raise BankError(f"{path} is damaged: keys and values do not cover the same layers")
+        bank = cls(
+            name=metadata["name"],
+            text=json.loads(metadata["text"]),
+            token_ids=tuple(json.loads(metadata["token_ids"])),
+            fingerprint=metadata["fingerprint"],
+            num_kv_heads=int(metadata["num_kv_heads"]),
+            head_dim=int(metadata["head_dim"]),
+            options=json.loads(metadata["options"]),
+            _keys=keys,
+            _values=values,
+        )
+        if model is not None:
+            bank.check_model(model)
+        return bank
+
+    # ---- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_token_ids(
+        cls,
+        model: nn.Module,
+        token_ids: Sequence[int] | torch.Tensor,
+        *,
+        layers: Sequence[int] | None = None,
+        name: str | None = None,
+    ) -> Bank:
+        """A bank of exactly these tokens at positions 0..M-1: no template, every token kept."""
+        ids = [int(t) for t in (token_ids.flatten().tolist() if isinstance(token_ids, torch.Tensor) else token_ids)]
+        if not ids:
+            raise BankError("token_ids is empty; a bank needs at least one token")
+        layer_list = _resolve_layers(model, layers)
+        keys, values = _run_and_read(model, ids, layer_list)
+        return cls._assemble(
+            model, name or "tokens", None, ids, [(keys, values)], layer_list, "concat",
+            {"source": "token_ids", "pooling": "concat", "keep": "all"},
+        )
+
+    @classmethod
+    def _assemble(
+        cls,
+        model: nn.Module,
+        name: str,
+        text: str | None,
+        token_ids: list[int],
+        parts: list[tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]],
+        layers: list[int],
+        pooling: str,
+        options: dict[str, Any],
+    ) -> Bank:
+        geo = geometry(model)
+        keys: dict[int, torch.Tensor] = {}
+        values: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            ks = [p[0][layer] for p in parts]
+            vs = [p[1][layer] for p in parts]
+            if pooling == "mean":
+                ks = [k.mean(dim=1, keepdim=True) for k in ks]
+                vs = [v.mean(dim=1, keepdim=True) for v in vs]
+            keys[layer] = torch.cat(ks, dim=1).contiguous()
+            values[layer] = torch.cat(vs, dim=1).contiguous()
+        return cls(
+            name=name,
+            text=text,
+            token_ids=tuple(token_ids),
+            fingerprint=model_fingerprint(model),
+            num_kv_heads=geo.num_kv_heads,
+            head_dim=geo.head_dim,
+            options=options,
+            _keys=keys,
+            _values=values,
+        )
+
+
+def build_bank(
+    model: nn.Module,
+    tokenizer: Any,
+    text: str,
+    *,
+    layers: Sequence[int] | None = None,
+    name: str | None = None,
+    templates: Sequence[str] = ("{descriptor}",),
+    variants: Variants = "full",
+    keep: Keep = "descriptor",
+    pooling: Pooling = "concat",
+    chat_template: bool = True,
+) -> Bank:
+    """Build a bank from `text` (spec section 1): one unsteered forward per (variant, template) pair."""
+    if not isinstance(text, str) or not text.strip():
+        raise BankError("the bank text is empty; pass the guidance text (a persona, reminder, fact or checklist)")
+    if variants not in ("full", "lines"):
+        raise BankError(f"variants must be 'full' or 'lines', not {variants!r}")
+    if keep not in ("descriptor", "all"):
+        raise BankError(f"keep must be 'descriptor' or 'all', not {keep!r}")
+    if pooling not in ("concat", "mean"):
+        raise BankError(f"pooling must be 'concat' or 'mean', not {pooling!r}")
+    templates = tuple(templates)
+    if not templates:
+        raise BankError("templates is empty; the default is ('{descriptor}',)")
+    for t in templates:
+        if "{descriptor}" not in t:
+            raise BankError(f"template {t!r} has no '{{descriptor}}' placeholder")
+    use_chat = bool(chat_template and getattr(tokenizer, "chat_template", None))
+    texts = [text]
+    if variants == "lines":
+        texts += [line for line in text.splitlines() if line.strip() and line != text]
+    layer_list = _resolve_layers(model, layers)
+
+    parts = []
+    kept_ids: list[int] = []
+    for variant in texts:
+        for template in templates:
+            ids, kept = _render(tokenizer, template, variant, use_chat, keep)
+            if not kept:
+                raise BankError(
+                    f"no token of the text survived rendering with template {template!r}; "
+                    "check the template, or use keep='all'"
+                )
+            keys, values = _run_and_read(model, ids, layer_list)
+            index = torch.tensor(kept)
+            parts.append(
+                ({l: k[:, index] for l, k in keys.items()}, {l: v[:, index] for l, v in values.items()})
+            )
+            kept_ids += [ids[i] for i in kept]
+    options = {
+        "source": "text",
+        "templates": list(templates),
+        "variants": variants,
+        "keep": keep,
+        "pooling": pooling,
+        "chat_template": use_chat,
+    }
+    return Bank._assemble(model, name or _default_name(text), text, kept_ids, parts, layer_list, pooling, options)
+
+
+def _default_name(text: str) -> str:
+    words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    return "-".join(words[:4]) or "bank"
+
+
+def _resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+    n = geometry(model).num_layers
+    if layers is None:
+        return list(range(n))
+    out = sorted({int(layer) for layer in layers})
+    if not out:
+        raise BankError("layers is empty; pass None for all layers or a list of layer indices")
+    bad = [layer for layer in out if not 0 <= layer < n]
+    if bad:
+        raise BankError(f"bank layers {bad} are out of range: this model has layers 0..{n - 1}")
+    return out
+
+
+def _render(tokenizer: Any, template: str, descriptor: str, use_chat: bool, keep: str) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered text and the indices of the kept tokens."""
+    start = template.index("{descriptor}")
+    filled = template.replace("{descriptor}", descriptor, 1)
+    if use_chat:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "system", "content": filled}], tokenize=False, add_generation_prompt=False
+        )
+        pos = rendered.find(filled)
+        if pos < 0:
+            raise BankError("the chat template changed the text (for example stripped it); pass chat_template=False")
+        special = False
+    else:
+        rendered, pos, special = filled, 0, True
+    span = (pos + start, pos + start + len(descriptor))
+    enc = tokenizer(rendered, add_special_tokens=special, return_offsets_mapping=keep == "descriptor")
+    ids = list(enc["input_ids"])
+    if keep == "all":
+        return ids, list(range(len(ids)))
+    kept = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < span[1] and e > span[0]]
+    return ids, kept
+
+
+@torch.no_grad()
+def _run_and_read(
+    model: nn.Module, ids: list[int], layers: list[int]
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """One unsteered forward; per layer the cache's keys with RoPE undone, `[H_kv, T, d]`, and values."""
+    from transformers import DynamicCache
+
+    if getattr(model.config, "_attn_implementation", None) in STEERED_IMPLEMENTATIONS:
+        raise BankError("banks must be built from the unsteered model: build them outside `mi.inject(...)`")
+    attention_modules(model)  # fails early, with a clear message, on unsupported architectures
+    device = next(model.parameters()).device
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    rotary = rotary_embedding(model)
+    hook = rotary.register_forward_hook(lambda _m, _a, out: captured.append(out))
+    try:
+        cache = DynamicCache()
+        model(input_ids=torch.tensor([ids], device=device), use_cache=True, **cache_kwargs(model, cache))
+    finally:
+        hook.remove()
+    cos, sin = inverse_tables(rotary, *captured[-1])
+    keys, values = {}, {}
+    for layer in layers:
+        k = cache.layers[layer].keys[0]
+        if k.shape[1] != len(ids):
+            raise BankError(f"layer {layer}'s cache holds {k.shape[1]} of {len(ids)} tokens (sliding window?)")
+        keys[layer] = undo_rope(k, cos[0].to(k.dtype), sin[0].to(k.dtype))
+        values[layer] = cache.layers[layer].values[0]
+    return keys, values

@@ -1,0 +1,139 @@
+"""Layer plans: what the operator needs at one site layer, prepared once per `inject` (or per vLLM request),
+and the per-forward state shared by every site layer of one forward."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from memory_inception.core.architecture import ModelGeometry, apply_rope
+from memory_inception.core.sites import Sites
+from memory_inception.core.steering import Steering, layer_strengths
+from memory_inception.errors import SteeringError
+
+
+@dataclass
+class ForwardState:
+    """What one forward pass needs at every site: which rows are steered and the RoPE it applied.
+
+    `rows` is None (no row steered), "all", a LongTensor `[B, R]` of steered positions per batch row,
+    or a BoolTensor `[B, T]` mask (explicit positions, blended with the stock output).
+    """
+
+    rows: None | str | torch.Tensor = None
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+
+
+@dataclass
+class LayerPlan:
+    """Everything the operator needs at one layer, prepared once per `inject` (no work on the hot path)."""
+
+    layer: int
+    heads: torch.Tensor  # [Hs] selected query heads
+    kv_index: torch.Tensor  # [Hs] KV head each selected head reads
+    all_heads: bool
+    group_size: int
+    bank_keys: torch.Tensor  # [Hs or H_kv when all heads, M, d]: pre-RoPE (canonical) or at prefix positions
+    bank_values: torch.Tensor  # [Hs or H_kv when all heads, M, d]
+    slot_bias: torch.Tensor  # [M]: -log M_b (normalize="paper") plus every gain that does not depend on the gate
+    target: slice | None  # slots of the target bank, when the gate applies
+    reference: slice | None  # slots of the reference bank, when the gate applies
+    positive: float  # rho_l * positive_gain
+    negative: float  # rho_l * negative_gain
+    gate_scale: float
+    canonical: bool
+    normalize: bool
+    state: ForwardState = field(repr=False, default_factory=ForwardState)
+    # diagnostics (site selection): called as trace(plan, bank_scores, probs, num_prompt_keys) after each mixture
+    trace: Callable[[LayerPlan, torch.Tensor, torch.Tensor, int], None] | None = field(repr=False, default=None)
+
+
+def plan_layers(
+    steering: Steering,
+    geo: ModelGeometry,
+    *,
+    fingerprint: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    prefix_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    state: ForwardState | None = None,
+) -> dict[int, LayerPlan]:
+    """Per site layer, the `LayerPlan` of `steering` on a model of geometry `geo` (no model needed).
+
+    Checks every bank against the model `fingerprint` and the site layers; `prefix_rope` is the cos/sin of
+    the prefix positions (needed for `positions="prefix"`). Shared by `inject` and the vLLM plugin.
+    """
+    st = steering
+    if not st.banks:
+        return {}
+    sites = st.sites if st.sites is not None else Sites.default(geo)
+    heads_per_layer = sites.resolve(geo)
+    if not heads_per_layer:
+        return {}
+    for role, bank in st.banks:
+        bank.check_model(None, fingerprint)
+        missing = [layer for layer in heads_per_layer if layer not in bank.layers]
+        if missing:
+            raise SteeringError(
+                f"the {role} bank {bank.name!r} has no slots for site layers {missing}; build it with "
+                "layers=None (all layers) or with layers covering the sites"
+            )
+    if st.positions == "prefix" and prefix_rope is None:
+        raise SteeringError("positions='prefix' needs the cos/sin of the prefix positions (prefix_rope)")
+    ranks = sites.layer_ranks() if st.schedule == "rank_linear" else None
+    strengths = layer_strengths(list(heads_per_layer), st.rho, st.schedule, ranks)
+    gains = _constant_gains(st)
+    state = state if state is not None else ForwardState()
+    plans = {}
+    for layer, heads in heads_per_layer.items():
+        rho_l = strengths[layer]
+        head_t = torch.tensor(heads, dtype=torch.long, device=device)
+        kv_index = head_t // geo.group_size
+        all_heads = len(heads) == geo.num_heads
+        keys = torch.cat([b.keys(layer) for _, b in st.banks], dim=1).to(device, dtype)
+        values = torch.cat([b.values(layer) for _, b in st.banks], dim=1).to(device, dtype)
+        if prefix_rope is not None:
+            keys = apply_rope(keys, *prefix_rope)
+        bias = []
+        for (role, bank), gain in zip(st.banks, gains):
+            m = bank.num_slots
+            constant = 0.0 if (st.gated and role in ("target", "reference")) else rho_l * gain
+            norm = -math.log(m) if st.normalize == "paper" else 0.0
+            bias.append(torch.full((m,), constant + norm))
+        target = slice(0, st.target.num_slots) if st.gated else None
+        reference = slice(st.target.num_slots, st.target.num_slots + st.reference.num_slots) if st.gated else None
+        plans[layer] = LayerPlan(
+            layer=layer,
+            heads=head_t,
+            kv_index=kv_index,
+            all_heads=all_heads,
+            group_size=geo.group_size,
+            bank_keys=(keys if all_heads else keys[kv_index]).contiguous(),
+            bank_values=(values if all_heads else values[kv_index]).contiguous(),
+            slot_bias=torch.cat(bias).to(device, dtype),
+            target=target,
+            reference=reference,
+            positive=rho_l * st.positive_gain,
+            negative=rho_l * st.negative_gain,
+            gate_scale=st.gate_scale,
+            canonical=st.positions == "canonical",
+            normalize=st.normalize == "paper",
+            state=state,
+        )
+    return plans
+
+
+def _constant_gains(st: Steering) -> list[float]:
+    """Per bank, the gain multiplying rho_l when no gate applies (section 3's `c` without rho_l)."""
+    out = []
+    for role, _bank in st.banks:
+        if role == "target":
+            out.append(st.positive_gain)
+        elif role == "reference":
+            out.append(-st.negative_gain)
+    out += [gain for _, gain in st.auxiliary]
+    return out

@@ -1,0 +1,2 @@
+"""The evaluation tasks: one module per task family (personality, dialogue, persistence, capability,
+KV storage, reasoning)."""

@@ -1,0 +1,2 @@
+"""The transformers integration: attention registration, `inject`, sessions, scoring, the text helpers, model
+loading."""

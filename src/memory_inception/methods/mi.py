@@ -1,0 +1,45 @@
+"""Memory Inception as a method: banks read by the site heads; nothing visible changes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from memory_inception.core.architecture import geometry
+from memory_inception.core.sites import Sites
+from memory_inception.core.steering import Steering
+from memory_inception.hf.inject import inject
+from memory_inception.methods.base import Cost, Method
+
+
+@dataclass(repr=False)
+class MI(Method):
+    """Memory Inception: banks read by the site heads; nothing visible changes."""
+
+    steering: Steering
+    name: str = "mi"
+
+    @contextlib.contextmanager
+    def active(self, model: nn.Module, steer_from: int | Sequence[int] | None = None) -> Iterator[None]:
+        with inject(model, self.steering):
+            yield
+
+    @property
+    def mi_prefill(self) -> str | None:
+        return self.steering.prefill
+
+    def cost(self, model: nn.Module, tokenizer: Any) -> Cost:
+        """Bank bytes kept at the sites: the site layers and, per layer, the KV groups the site heads read."""
+        geo = geometry(model)
+        sites = self.steering.sites if self.steering.sites is not None else Sites.default(model)
+        stored = 0
+        for layer, heads in sites.resolve(geo).items():
+            groups = len({h // geo.group_size for h in heads})
+            for _, bank in self.steering.banks:
+                per_slot = 2 * bank.head_dim * bank.keys(layer).element_size()
+                stored += groups * bank.num_slots * per_slot
+        return Cost(stored_bytes=stored)
