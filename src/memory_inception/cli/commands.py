@@ -13,7 +13,8 @@ from rich.table import Table
 from memory_inception.core.banks import Bank, build_bank
 from memory_inception.core.sites import Sites
 from memory_inception.core.sites import parse_layers as _parse_layers
-from memory_inception.core.steering import DEFAULT_RHO, Steering
+from memory_inception.core.defaults import model_defaults
+from memory_inception.core.steering import Steering
 from memory_inception.errors import MemoryInceptionError, SiteError
 
 app = typer.Typer(help="Memory Inception: steer language models with text banks.", no_args_is_help=True)
@@ -23,7 +24,7 @@ console = Console()
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name, local directory or .gguf path (default: smollm2-135m-instruct).")]
 LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Layers, e.g. '21-26' or '3,5,7' (default: the sites default, 6 layers from 70% depth).")]
-RhoOpt = Annotated[float, typer.Option("--rho", help="Total steering strength.")]
+RhoOpt = Annotated[Optional[float], typer.Option("--rho", help="Total steering strength (default: the model's, see core.defaults).")]
 TokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")]
 
 
@@ -159,7 +160,7 @@ def generate(
     model: ModelOpt = None,
     layers: LayersOpt = None,
     sites: Annotated[Optional[Path], typer.Option(help="Sites JSON (e.g. from `mi select`).")] = None,
-    rho: RhoOpt = DEFAULT_RHO,
+    rho: RhoOpt = None,
     prefill: Annotated[str, typer.Option(help="last | all | none")] = "last",
     system: Annotated[Optional[str], typer.Option(help="A visible system message.")] = None,
     max_new_tokens: TokensOpt = 96,
@@ -189,7 +190,7 @@ def chat(
     bank: Annotated[Optional[str], typer.Option("--bank", "-b", help="Initial target bank: file or text.")] = None,
     model: ModelOpt = None,
     layers: LayersOpt = None,
-    rho: RhoOpt = DEFAULT_RHO,
+    rho: RhoOpt = None,
     max_new_tokens: TokensOpt = 128,
 ) -> None:
     """Chat in the terminal. Commands: /bank FILE_OR_TEXT, /bank off, /rho X, /reset, /quit."""
@@ -247,7 +248,7 @@ def demo(
     model: ModelOpt = None,
     guidance: Annotated[str, typer.Option(help="The guidance text (or @file).")] = DEMO_GUIDANCE,
     layers: LayersOpt = None,
-    rho: RhoOpt = DEFAULT_RHO,
+    rho: RhoOpt = None,
     max_new_tokens: TokensOpt = 48,
 ) -> None:
     """The same prompts plain, with the guidance as a visible system prompt, and as an MI bank; plus KV bytes."""
@@ -264,7 +265,7 @@ def demo(
     console.print(f"[bold]guidance:[/bold] {text}")
     console.print(
         f"[dim]model: {geo.model_type}, {geo.num_layers} layers, {geo.num_heads} heads ({geo.num_kv_heads} KV); "
-        f"MI sites: all heads of layers {sites.layers[0]}-{sites.layers[-1]}, rho {rho:g}, greedy[/dim]"
+        f"MI sites: all heads of layers {sites.layers[0]}-{sites.layers[-1]}, rho {steering.rho if steering.rho is not None else model_defaults(geo, fingerprint=bank.fingerprint).rho:g}, greedy[/dim]"
     )
     table = Table(show_lines=True)
     table.add_column("prompt", style="bold", max_width=18)
@@ -310,7 +311,7 @@ def select(
     heads_per_layer: Annotated[Optional[int], typer.Option(help="Top k heads per layer (default: one per KV group).")] = None,
     num_layers: Annotated[int, typer.Option(help="Top m layers to keep.")] = 6,
     prompts: Annotated[Optional[str], typer.Option(help="@file with one calibration prompt per line (default: 8 built-in neutral prompts).")] = None,
-    rho: RhoOpt = DEFAULT_RHO,
+    rho: RhoOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens recorded per calibration prompt.")] = 16,
 ) -> None:
     """Choose sites automatically (spec section 8): score every candidate head, keep the best; save a JSON artifact."""

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from memory_inception.core.architecture import ModelGeometry, apply_rope
+from memory_inception.core.defaults import model_defaults
 from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering, layer_strengths
 from memory_inception.errors import SteeringError
@@ -70,7 +71,9 @@ def plan_layers(
     st = steering
     if not st.banks:
         return {}
-    sites = st.sites if st.sites is not None else Sites.default(geo)
+    defaults = model_defaults(geo, fingerprint=fingerprint)
+    sites = st.sites if st.sites is not None else Sites({layer: None for layer in defaults.layers})
+    rho = st.rho if st.rho is not None else defaults.rho
     heads_per_layer = sites.resolve(geo)
     if not heads_per_layer:
         return {}
@@ -85,7 +88,7 @@ def plan_layers(
     if st.positions == "prefix" and prefix_rope is None:
         raise SteeringError("positions='prefix' needs the cos/sin of the prefix positions (prefix_rope)")
     ranks = sites.layer_ranks() if st.schedule == "rank_linear" else None
-    strengths = layer_strengths(list(heads_per_layer), st.rho, st.schedule, ranks)
+    strengths = layer_strengths(list(heads_per_layer), rho, st.schedule, ranks)
     gains = _constant_gains(st)
     state = state if state is not None else ForwardState()
     plans = {}

@@ -9,15 +9,13 @@ from pathlib import Path
 
 from torch import nn
 
-from memory_inception.core.architecture import ModelGeometry, geometry
+from memory_inception.core.architecture import (
+    ModelGeometry,
+    geometry,
+    model_fingerprint,
+)
+from memory_inception.core.defaults import model_defaults
 from memory_inception.errors import SiteError
-
-# Default band for `sites=None`: six consecutive layers starting at 70% of the depth, all heads.
-# On SmolLM2-135M (30 layers) that is layers 21-26: of the bands 9-14, 15-20 and 21-26, the only one where
-# extraversion and agreeableness banks moved the persona statement-likelihood margin the right way for both
-# poles (reports/defaults.md, experiments/choose_defaults.py).
-DEFAULT_BAND_START = 0.7
-DEFAULT_BAND_WIDTH = 6
 
 
 def parse_layers(spec: str | Sequence[int] | None) -> list[int] | None:
@@ -78,12 +76,13 @@ class Sites:
         return cls({layer: None for layer in (range(n) if layers is None else layers)})
 
     @classmethod
-    def default(cls, model: nn.Module | ModelGeometry) -> Sites:
-        """The documented default for `sites=None`: all heads of six consecutive layers from 70% depth."""
-        n = (model if isinstance(model, ModelGeometry) else geometry(model)).num_layers
-        width = min(DEFAULT_BAND_WIDTH, n)
-        start = min(int(round(DEFAULT_BAND_START * n)), n - width)
-        return cls({layer: None for layer in range(start, start + width)})
+    def default(cls, model: nn.Module | ModelGeometry, fingerprint: str | None = None) -> Sites:
+        """The model's default sites (`core.defaults`): its measured layers, else the rule's band, every head."""
+        if isinstance(model, ModelGeometry):
+            geo = model
+        else:
+            geo, fingerprint = geometry(model), fingerprint or model_fingerprint(model)
+        return cls({layer: None for layer in model_defaults(geo, fingerprint=fingerprint).layers})
 
     @classmethod
     def from_kv_groups(cls, model: nn.Module, groups: Mapping[int, Sequence[int] | None]) -> Sites:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,24 +18,19 @@ Normalize = Literal["paper", "none"]
 
 SCHEDULES = ("flat", "middle_heavy", "late_heavy", "early_heavy", "rank_linear", "full_per_layer")
 
-# Default total strength. Measured on SmolLM2-135M-Instruct, default sites, middle_heavy schedule, statement-
-# likelihood margin (reports/defaults.md): rho 3 moved both poles of extraversion (+0.67 / -0.33) and of
-# agreeableness (+0.06 / -0.25) the right way; from -6 to 12 rho changed the margins only modestly.
-DEFAULT_RHO = 3.0
-
-
 @dataclass(frozen=True)
 class Steering:
     """What to inject: banks by role, where (sites), how strongly, and which positions.
 
-    `auxiliary` is a sequence of `(bank, gain)`; `sites=None` means `Sites.default(model)`.
+    `auxiliary` is a sequence of `(bank, gain)`. `sites=None` and `rho=None` take the model's defaults
+    (`core.defaults`: measured for the local models, a rule for others), resolved when the steering is planned.
     """
 
     target: Bank | None = None
     reference: Bank | None = None
     auxiliary: Sequence[tuple[Bank, float]] = ()
     sites: Sites | None = None
-    rho: float = DEFAULT_RHO
+    rho: float | None = None
     positive_gain: float = 1.0
     negative_gain: float = 1.0
     gate: bool = True
@@ -62,6 +58,12 @@ class Steering:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Bank):
                 raise SteeringError(f"{name} must be a Bank (mi.build_bank or mi.Bank.load), got {type(value).__name__}")
+        for name in ("rho", "positive_gain", "negative_gain", "gate_scale"):
+            value = getattr(self, name)
+            if value is None and name == "rho":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SteeringError(f"{name}={value!r} is not a finite number")
         if self.sites is not None and not isinstance(self.sites, Sites):
             raise SteeringError(f"sites must be mi.Sites, got {type(self.sites).__name__}")
 
@@ -80,6 +82,35 @@ class Steering:
     def gated(self) -> bool:
         """The query gate applies only with both a target and a reference bank."""
         return self.gate and self.target is not None and self.reference is not None
+
+
+ROLES = ("target", "reference", "auxiliary")
+
+
+def steering_from_roles(banks: Sequence[tuple[str, Bank, float]], **settings: object) -> Steering:
+    """The `Steering` for banks given as `(role, bank, gain)`: the one mapping every front end uses.
+
+    A target's gain multiplies `positive_gain`, a reference's multiplies `negative_gain` (both 1 unless
+    `settings` say otherwise), an auxiliary bank's gain is its own; at most one target and one reference.
+    `settings` are the other `Steering` fields (sites, rho, schedule, ...).
+    """
+    positive = float(settings.pop("positive_gain", 1.0))  # type: ignore[arg-type]
+    negative = float(settings.pop("negative_gain", 1.0))  # type: ignore[arg-type]
+    target = reference = None
+    auxiliary: list[tuple[Bank, float]] = []
+    for role, bank, gain in banks:
+        if role not in ROLES:
+            raise SteeringError(f"bank {bank.name!r} has role {role!r}; use one of {', '.join(ROLES)}")
+        if role in ("target", "reference") and (target if role == "target" else reference) is not None:
+            raise SteeringError(f"more than one {role!r} bank; give the others role 'auxiliary'")
+        if role == "target":
+            target, positive = bank, positive * gain
+        elif role == "reference":
+            reference, negative = bank, negative * gain
+        else:
+            auxiliary.append((bank, gain))
+    return Steering(target=target, reference=reference, auxiliary=auxiliary, positive_gain=positive,
+                    negative_gain=negative, **settings)  # type: ignore[arg-type]
 
 
 def layer_strengths(

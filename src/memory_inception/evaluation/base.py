@@ -11,7 +11,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from memory_inception.core.architecture import geometry, model_fingerprint
 from memory_inception.core.banks import Bank, build_bank
+from memory_inception.core.defaults import model_defaults
 from memory_inception.core.sites import Sites, parse_layers
 from memory_inception.core.steering import Steering
 from memory_inception.datasets.traits import DESCRIPTORS, statements
@@ -142,8 +144,8 @@ class Context:
 
     def caa_layer(self) -> int:
         layer = self.cfg.caa.layer if self.cfg.caa.layer is not None else self.cfg.default("caa.layer")
-        if layer is None:  # unknown model: the middle layer
-            layer = self.model.config.num_hidden_layers // 2
+        if layer is None:  # a model without a measured entry: the defaults rule for the loaded model
+            layer = model_defaults(geometry(self.model), fingerprint=model_fingerprint(self.model)).caa_layer
         return int(layer)
 
     def sites(self) -> Sites | None:

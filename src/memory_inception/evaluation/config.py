@@ -10,7 +10,11 @@ from typing import Any
 
 import tomllib
 
-from memory_inception.core.steering import DEFAULT_RHO
+from memory_inception.core.defaults import (
+    RULE_CAA_MULTIPLIER,
+    RULE_RHO,
+    defaults_by_name,
+)
 from memory_inception.datasets.traits import TRAITS, check_trait
 from memory_inception.errors import EvaluationError
 from memory_inception.hf.models import DEFAULT_MODEL
@@ -19,13 +23,6 @@ METHODS = ("plain", "prompting", "caa", "mi")
 TASK_NAMES = ("bigfive", "bigfive-generation", "dialogue", "persistence", "capability", "storage", "hardmath", "physics")
 POLES = ("high", "low")
 ALL_PERSONAS = tuple(f"{t}:{p}" for t in TRAITS for p in POLES)
-
-# Strengths measured per model (reports/compare_methods.md, reports/select_vs_random.md, reports/caa_ab_qwen.md).
-MODEL_DEFAULTS: dict[str, dict[str, float | int]] = {
-    "smollm2-135m-instruct": {"mi.rho": -20.0, "caa.layer": 15, "caa.multiplier": 6.0},
-    "qwen2.5-coder-0.5b-instruct": {"mi.rho": DEFAULT_RHO, "caa.layer": 14, "caa.multiplier": 2.0},
-}
-
 
 @dataclass
 class MIConfig:
@@ -76,9 +73,12 @@ class EvalConfig:
             raise EvaluationError("threads, batch_size and max_new_tokens must be positive")
 
     def default(self, key: str) -> Any:
-        """The model's measured default for 'mi.rho', 'caa.layer' or 'caa.multiplier'."""
-        fallback = {"mi.rho": DEFAULT_RHO, "caa.layer": None, "caa.multiplier": 2.0}
-        return MODEL_DEFAULTS.get(self.model, {}).get(key, fallback[key])
+        """The model's default (`core.defaults`) for 'mi.rho', 'caa.layer' or 'caa.multiplier'; None for a model
+        with no measured entry (the run then takes the rule's value from the loaded model)."""
+        entry = defaults_by_name(self.model)
+        if entry is None:
+            return {"mi.rho": RULE_RHO, "caa.layer": None, "caa.multiplier": RULE_CAA_MULTIPLIER}[key]
+        return {"mi.rho": entry.rho, "caa.layer": entry.caa_layer, "caa.multiplier": entry.caa_multiplier}[key]
 
     @property
     def rho(self) -> float:

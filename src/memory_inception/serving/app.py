@@ -38,7 +38,7 @@ from transformers.generation.streamers import BaseStreamer
 from memory_inception.core.architecture import geometry
 from memory_inception.core.banks import Bank, build_bank
 from memory_inception.core.sites import Sites, parse_layers
-from memory_inception.core.steering import DEFAULT_RHO, Steering
+from memory_inception.core.steering import Steering
 from memory_inception.errors import MemoryInceptionError
 from memory_inception.hf.inject import Injection, inject
 from memory_inception.hf.session import Session, common_prefix
@@ -130,7 +130,7 @@ class BankRef(_Strict):
 class MemorySpec(_Strict):
     banks: list[BankRef] = Field(default_factory=list, max_length=16)
     layers: list[int] | str | None = None
-    rho: float = Field(default=DEFAULT_RHO, ge=-100, le=100)
+    rho: float | None = Field(default=None, ge=-100, le=100)
 
     @field_validator("layers")
     @classmethod

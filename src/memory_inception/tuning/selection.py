@@ -27,13 +27,16 @@ from memory_inception.core.architecture import ModelGeometry, geometry
 from memory_inception.core.banks import Bank
 from memory_inception.core.plan import LayerPlan
 from memory_inception.core.sites import Sites
-from memory_inception.core.steering import DEFAULT_RHO, Steering
+from memory_inception.core.steering import Steering
 from memory_inception.errors import SiteError
 from memory_inception.hf.inject import inject
 from memory_inception.methods.base import Messages, Plain
 from memory_inception.methods.runners import generate
 
 # Neutral calibration prompts: everyday questions that leave room for a persona or a style to show.
+# The strength both banks carry while heads are scored (spread middle-heavy over every candidate layer).
+SCORING_RHO = 3.0
+
 CALIBRATION_PROMPTS = (
     "What do you usually do on a Sunday?",
     "How would you describe a good day?",
@@ -180,7 +183,7 @@ def score_units(
     prompts: Sequence[str | Messages] = CALIBRATION_PROMPTS,
     *,
     layers: Sequence[int] | None = None,
-    rho: float = DEFAULT_RHO,
+    rho: float = SCORING_RHO,
     max_new_tokens: int = 16,
     batch_size: int = 8,
 ) -> list[UnitScore]:
@@ -219,7 +222,7 @@ def select_sites(
     layers: Sequence[int] | None = None,
     heads_per_layer: int | None = None,
     num_layers: int | None = 6,
-    rho: float = DEFAULT_RHO,
+    rho: float = SCORING_RHO,
     max_new_tokens: int = 16,
 ) -> Selection:
     """Score every candidate head on the calibration prompts and keep the best (see the module docstring)."""

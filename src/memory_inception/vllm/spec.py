@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from memory_inception.core.sites import Sites, parse_layers
-from memory_inception.core.steering import DEFAULT_RHO, SCHEDULES, Steering
+from memory_inception.core.steering import SCHEDULES, Steering, steering_from_roles
 from memory_inception.errors import SteeringError
 from memory_inception.vllm.bankdir import BankDirectory
 
@@ -42,7 +42,7 @@ class RequestSteering:
     """
 
     banks: tuple[BankUse, ...] = ()
-    rho: float = DEFAULT_RHO
+    rho: float | None = None  # None: the model's default (core.defaults)
     layers: tuple[int, ...] | None = None
     sites: Mapping[int, tuple[int, ...] | None] | None = None
     schedule: str = "middle_heavy"
@@ -75,6 +75,8 @@ class RequestSteering:
             raise SteeringError("schedule 'rank_linear' needs a selection artifact's layer scores; pick another schedule")
         for name in ("rho", "positive_gain", "negative_gain", "gate_scale"):
             value = getattr(self, name)
+            if value is None and name == "rho":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise SteeringError(f"{name}={value!r} is not a finite number")
             object.__setattr__(self, name, float(value))
@@ -135,27 +137,17 @@ class RequestSteering:
     # ---- to the core ---------------------------------------------------------------------------------
     def resolve(self, bank_dir: BankDirectory, fingerprint: str) -> Steering:
         """The core `Steering`: banks loaded from `bank_dir` and checked against the model `fingerprint`."""
-        target = reference = None
-        positive, negative = self.positive_gain, self.negative_gain
-        auxiliary = []
-        for use in self.banks:
-            bank = bank_dir.load(use.name, fingerprint)
-            if use.role == "target":
-                target, positive = bank, self.positive_gain * use.gain
-            elif use.role == "reference":
-                reference, negative = bank, self.negative_gain * use.gain
-            else:
-                auxiliary.append((bank, use.gain))
+        banks = [(use.role, bank_dir.load(use.name, fingerprint), use.gain) for use in self.banks]
         if self.layers is not None:
             sites: Sites | None = Sites({layer: None for layer in self.layers})
         elif self.sites is not None:
             sites = Sites(dict(self.sites))
         else:
             sites = None
-        return Steering(
-            target=target, reference=reference, auxiliary=auxiliary, sites=sites, rho=self.rho,
-            positive_gain=positive, negative_gain=negative, gate=self.gate, gate_scale=self.gate_scale,
-            schedule=self.schedule, prefill=self.prefill, positions="canonical", normalize=self.normalize,
+        return steering_from_roles(
+            banks, sites=sites, rho=self.rho, positive_gain=self.positive_gain, negative_gain=self.negative_gain,
+            gate=self.gate, gate_scale=self.gate_scale, schedule=self.schedule, prefill=self.prefill,
+            positions="canonical", normalize=self.normalize,
         )
 
 

@@ -8,12 +8,31 @@ that layer's self-attention). Split by concern: `pairs` (contrast data), `vector
 `hooks` (the addition), `method` (CAA as a `Method`), `ab_eval` (the paper's A/B measure).
 """
 
-from memory_inception.datasets.caa_ab import ab_behaviors, answer_letter, load_ab_items, persona_traits
-from memory_inception.methods.caa.ab_eval import ab_layer_sweep, ab_match_curve, ab_match_probability, prepare_ab_item
+from memory_inception.datasets.caa_ab import (
+    ab_behaviors,
+    answer_letter,
+    load_ab_items,
+    persona_traits,
+)
+from memory_inception.methods.caa.ab_eval import (
+    ab_layer_sweep,
+    ab_match_curve,
+    ab_match_probability,
+    prepare_ab_item,
+)
 from memory_inception.methods.caa.hooks import ActivationAddition
 from memory_inception.methods.caa.method import CAA
-from memory_inception.methods.caa.pairs import STATEMENT_PROMPT, ContrastPair, ab_pairs, statement_pairs
-from memory_inception.methods.caa.vectors import PLACEMENTS, SteeringVector, build_steering_vector
+from memory_inception.methods.caa.pairs import (
+    STATEMENT_PROMPT,
+    ContrastPair,
+    ab_pairs,
+    statement_pairs,
+)
+from memory_inception.methods.caa.vectors import (
+    PLACEMENTS,
+    SteeringVector,
+    build_steering_vector,
+)
 
 __all__ = [
     "CAA", "PLACEMENTS", "STATEMENT_PROMPT", "ActivationAddition", "ContrastPair", "SteeringVector", "ab_behaviors",
