@@ -108,6 +108,8 @@ class Injection:
 
     # ---- enter / exit --------------------------------------------------------------------------------
     def __enter__(self) -> Injection:
+        if self._active:
+            raise SteeringError("this injection is already active; leave its `with` block before entering it again")
         if not self.plans:
             return self  # no banks or no sites: the model runs untouched
         config = text_config(self.model)
@@ -151,8 +153,16 @@ class Injection:
         self._active = False
 
 
-def inject(model: nn.Module, steering: Steering | None) -> Injection:
-    """Steer `model` with `steering` inside a `with` block; on exit the model is exactly as before."""
+def inject(model: nn.Module, steering: Steering | Injection | None) -> Injection:
+    """Steer `model` with `steering` inside a `with` block; on exit the model is exactly as before.
+
+    An `Injection` (planned once, e.g. when a server validates a request) is returned as it is, so callers that
+    prepare steering ahead of generation do not plan it twice; it may be entered again, one block at a time.
+    """
+    if isinstance(steering, Injection):
+        if steering.model is not model:
+            raise SteeringError("this Injection was planned for another model; plan it with mi.inject(model, ...)")
+        return steering
     return Injection(model, steering if steering is not None else Steering())
 
 
