@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 import memory_inception as mi
-from memory_inception.cli.commands import app
-from memory_inception.cli.commands import parse_layers
+from memory_inception.cli import app
+from memory_inception.cli.common import parse_layers
 
 runner = CliRunner()
 PERSONA = "You are a pirate captain who talks about the sea, ships and treasure."

@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from memory_inception.cli.commands import app
+from memory_inception.cli import app
 from memory_inception.errors import EvaluationError
 from memory_inception.evaluation import TASKS, get_task, load_config, read_records, run_task, write_report
 from memory_inception.evaluation.analysis import control_and_drift, nanmean

@@ -308,7 +308,7 @@ def test_sampling_with_a_seed_is_reproducible(client):
 def test_mi_serve_command_is_wired():
     from typer.testing import CliRunner
 
-    from memory_inception.cli.commands import app
+    from memory_inception.cli import app
 
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0

@@ -29,3 +29,7 @@ class EvaluationError(MemoryInceptionError, ValueError):
 
 class CAAError(SteeringError):
     """A CAA dataset, steering vector or vector file is invalid or does not fit the model."""
+
+
+class DataError(MemoryInceptionError, ValueError):
+    """A benchmark name, kind or subject is unknown, or a shipped data file is unreadable."""

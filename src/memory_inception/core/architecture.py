@@ -12,6 +12,9 @@ from torch import nn
 
 from memory_inception.errors import SteeringError
 
+# The stock attention implementations MI can steer, and the names its own are registered under (hf/attention.py).
+STOCK_TO_STEERED = {"sdpa": "mi_sdpa", "eager": "mi_eager"}
+
 
 @dataclass(frozen=True)
 class ModelGeometry:
@@ -57,6 +60,11 @@ def config_geometry(cfg) -> ModelGeometry:
         num_kv_heads=num_kv,
         head_dim=head_dim,
     )
+
+
+def is_steered(model: nn.Module) -> bool:
+    """Whether an `inject` block is live on `model` (its attention implementation is one of MI's)."""
+    return getattr(text_config(model), "_attn_implementation", None) in STOCK_TO_STEERED.values()
 
 
 def cache_kwargs(model: nn.Module, cache) -> dict:

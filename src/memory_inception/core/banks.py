@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from memory_inception.core.architecture import (
@@ -19,17 +17,25 @@ from memory_inception.core.architecture import (
     cache_kwargs,
     geometry,
     inverse_tables,
+    is_steered,
     model_fingerprint,
     rotary_embedding,
     undo_rope,
+)
+from memory_inception.core.artifacts import (
+    ArtifactKind,
+    by_layer,
+    read_artifact,
+    write_artifact,
 )
 from memory_inception.errors import BankError
 
 logger = logging.getLogger(__name__)
 
-BANK_FORMAT = "memory-inception-bank"
-BANK_FORMAT_VERSION = 1
-STEERED_IMPLEMENTATIONS = ("mi_sdpa", "mi_eager")
+BANK_FILE = ArtifactKind(
+    format="memory-inception-bank", version=1, what="bank", title="memory-inception bank", error=BankError,
+    rebuild="build one with `mi bank build TEXT -o FILE` (or mi.build_bank(...).save(FILE))",
+)
 
 Variants = Literal["full", "lines"]
 Keep = Literal["descriptor", "all"]
@@ -107,15 +113,11 @@ class Bank:
     # ---- files ----------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the bank as one safetensors file with its metadata; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
         for layer in self.layers:
-            tensors[f"keys.{layer}"] = self._keys[layer].detach().cpu().contiguous()
-            tensors[f"values.{layer}"] = self._values[layer].detach().cpu().contiguous()
+            tensors[f"keys.{layer}"] = self._keys[layer]
+            tensors[f"values.{layer}"] = self._values[layer]
         metadata = {
-            "format": BANK_FORMAT,
-            "version": str(BANK_FORMAT_VERSION),
             "name": self.name,
             "text": json.dumps(self.text),
             "token_ids": json.dumps(list(self.token_ids)),
@@ -124,29 +126,13 @@ class Bank:
             "head_dim": str(self.head_dim),
             "options": json.dumps(self.options),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        tmp.replace(path)
-        return path
+        return write_artifact(path, BANK_FILE, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> Bank:
         """Read a bank file; with `model`, also check it was built by that model."""
-        path = Path(path)
-        if not path.is_file():
-            raise BankError(f"no bank file at {path}; build one with `mi bank build TEXT -o {path}`")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for damaged files
-            raise BankError(f"{path} is not a readable bank file ({exc}); rebuild it with `mi bank build`") from exc
-        if metadata.get("format") != BANK_FORMAT:
-            raise BankError(f"{path} is a safetensors file but not a memory-inception bank (no bank metadata)")
-        if int(metadata.get("version", "0")) > BANK_FORMAT_VERSION:
-            raise BankError(f"{path} was written by a newer memory-inception (format {metadata['version']}); upgrade")
-        keys = {int(k.split(".", 1)[1]): t for k, t in tensors.items() if k.startswith("keys.")}
-        values = {int(k.split(".", 1)[1]): t for k, t in tensors.items() if k.startswith("values.")}
+        tensors, metadata = read_artifact(path, BANK_FILE)
+        keys, values = by_layer(tensors, "keys"), by_layer(tensors, "values")
         if not keys or keys.keys() != values.keys():
             raise BankError(f"{path} is damaged: keys and values do not cover the same layers")
         bank = cls(
@@ -330,7 +316,7 @@ def _run_and_read(
     """One unsteered forward; per layer the cache's keys with RoPE undone, `[H_kv, T, d]`, and values."""
     from transformers import DynamicCache
 
-    if getattr(model.config, "_attn_implementation", None) in STEERED_IMPLEMENTATIONS:
+    if is_steered(model):
         raise BankError("banks must be built from the unsteered model: build them outside `mi.inject(...)`")
     attention_modules(model)  # fails early, with a clear message, on unsupported architectures
     device = next(model.parameters()).device

@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Sequence
 
-from memory_inception.errors import MemoryInceptionError
+from memory_inception.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ _PHYSICS_NAMES = {
     "quantum": "Quantum Mechanics",
     "statistics": "Thermodynamics & Statistical Mechanics",
 }
-
-
-class DataError(MemoryInceptionError, ValueError):
-    """A benchmark name, kind or subject is unknown, or a shipped data file is unreadable."""
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import eager_mask, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from memory_inception.core.architecture import STOCK_TO_STEERED
 from memory_inception.core.operator import steer_attention
 from memory_inception.core.plan import LayerPlan
-
-STOCK_TO_STEERED = {"sdpa": "mi_sdpa", "eager": "mi_eager"}
 
 
 def _make_attention(stock: Callable) -> Callable:
@@ -37,7 +36,6 @@ mi_sdpa = _make_attention(sdpa_attention_forward)
 
 mi_eager = _make_attention(eager_attention_forward)
 
-AttentionInterface.register("mi_sdpa", mi_sdpa)
-AttentionInterface.register("mi_eager", mi_eager)
-AttentionMaskInterface.register("mi_sdpa", sdpa_mask)
-AttentionMaskInterface.register("mi_eager", eager_mask)
+for _stock, _function, _mask in (("sdpa", mi_sdpa, sdpa_mask), ("eager", mi_eager, eager_mask)):
+    AttentionInterface.register(STOCK_TO_STEERED[_stock], _function)
+    AttentionMaskInterface.register(STOCK_TO_STEERED[_stock], _mask)

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+import memory_inception.hf.attention  # noqa: F401  (registers the steered attention functions)
 from memory_inception.core.architecture import (
+    STOCK_TO_STEERED,
     attention_modules,
     geometry,
     inverse_tables,
@@ -22,7 +24,6 @@ from memory_inception.core.architecture import (
 from memory_inception.core.plan import ForwardState, LayerPlan, plan_layers
 from memory_inception.core.steering import Steering
 from memory_inception.errors import SteeringError
-from memory_inception.hf.attention import STOCK_TO_STEERED
 
 STEER_MASK_KWARG = "mi_steer_mask"
 

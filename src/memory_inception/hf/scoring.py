@@ -11,6 +11,7 @@ from torch import nn
 from memory_inception.core.steering import Steering
 from memory_inception.errors import SteeringError
 from memory_inception.hf.inject import STEER_MASK_KWARG, inject
+from memory_inception.hf.text import left_pad, model_device
 
 TokensLike = str | Sequence[int] | torch.Tensor
 
@@ -46,6 +47,22 @@ def continuation_logprobs(
     return results
 
 
+def steered_positions(width: int, prompt_lengths: list[int], continuation_lengths: list[int], prefill: str) -> torch.Tensor:
+    """`[N, width]` bool: the positions generation would steer in left-padded rows of prompt + continuation.
+
+    Every continuation position, plus the prompt per `prefill` ("all": every prompt token, "last": the last one).
+    """
+    pos = torch.arange(width).view(1, -1)
+    cont_start = torch.tensor([width - c for c in continuation_lengths]).view(-1, 1)
+    steer = pos >= cont_start
+    if prefill == "all":
+        prompt_start = cont_start - torch.tensor(prompt_lengths).view(-1, 1)
+        steer |= pos >= prompt_start
+    elif prefill == "last":
+        steer |= pos == cont_start - 1
+    return steer
+
+
 def score_batch(
     model: nn.Module, prompts: list[list[int]], conts: list[list[int]], prefill: str, steered: bool
 ) -> list[torch.Tensor]:
@@ -54,36 +71,16 @@ def score_batch(
     Position ids are the real positions of each row, so position-based hooks (CAA) see the same positions
     as in generation.
     """
-    device = next(model.parameters()).device
-    lengths = [len(p) + len(c) for p, c in zip(prompts, conts)]
-    width = max(lengths)
-    pad = 0
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    steer = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for row, (p, c) in enumerate(zip(prompts, conts)):
-        offset = width - len(p) - len(c)  # left padding, as in generation
-        ids[row, offset:] = torch.tensor(p + c)
-        mask[row, offset:] = 1
-        prompt_span = slice(offset, offset + len(p))
-        if prefill == "all":
-            steer[row, prompt_span] = True
-        elif prefill == "last":
-            steer[row, offset + len(p) - 1] = True
-        steer[row, offset + len(p) :] = True
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=position_ids.to(device),
-        use_cache=False,
-        **({STEER_MASK_KWARG: steer.to(device)} if steered else {}),
-    ).logits
+    device = model_device(model)
+    batch = left_pad([p + c for p, c in zip(prompts, conts)], 0, device)
+    width = batch["input_ids"].shape[1]
+    steer = steered_positions(width, [len(p) for p in prompts], [len(c) for c in conts], prefill)
+    logits = model(**batch, use_cache=False, **({STEER_MASK_KWARG: steer.to(device)} if steered else {})).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     out = []
-    for row, (p, c) in enumerate(zip(prompts, conts)):
+    for row, c in enumerate(conts):
         first = width - len(c)  # position of the first continuation token
-        target = ids[row, first:].to(device)
+        target = batch["input_ids"][row, first:]
         out.append(logprobs[row, first - 1 : width - 1].gather(-1, target.unsqueeze(-1)).squeeze(-1).cpu())
     return out
 
@@ -93,27 +90,12 @@ def next_token_batch(model: nn.Module, prompts: list[list[int]], prefill: str, s
 
     One left-padded uncached forward; only the last position's logits are computed (`logits_to_keep=1`).
     """
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    steer = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for row, p in enumerate(prompts):
-        offset = width - len(p)
-        ids[row, offset:] = torch.tensor(p)
-        mask[row, offset:] = 1
-        if prefill == "all":
-            steer[row, offset:] = True
-        elif prefill == "last":
-            steer[row, width - 1] = True
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model_device(model)
+    batch = left_pad(prompts, 0, device)
+    width = batch["input_ids"].shape[1]
+    steer = steered_positions(width, [len(p) for p in prompts], [0] * len(prompts), prefill)
     logits = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=position_ids.to(device),
-        use_cache=False,
-        logits_to_keep=1,
-        **({STEER_MASK_KWARG: steer.to(device)} if steered else {}),
+        **batch, use_cache=False, logits_to_keep=1, **({STEER_MASK_KWARG: steer.to(device)} if steered else {})
     ).logits
     return torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
 

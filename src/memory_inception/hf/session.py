@@ -12,6 +12,7 @@ from transformers import DynamicCache
 from memory_inception.core.architecture import cache_kwargs
 from memory_inception.core.steering import Steering
 from memory_inception.hf.inject import inject
+from memory_inception.hf.text import decode_reply, render_chat
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Session:
         """Add a user turn, generate the assistant's reply (greedy, 128 new tokens unless told), return it."""
         self.messages.append({"role": "user", "content": text})
         new = self.generate(self._render(), **generation_options)
-        reply = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        reply = decode_reply(self.tokenizer, new)
         self.messages.append({"role": "assistant", "content": reply})
         return reply
 
@@ -76,8 +77,7 @@ class Session:
         self.cache_ids = []
 
     def _render(self) -> list[int]:
-        rendered = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        return render_chat(self.tokenizer, self.messages)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

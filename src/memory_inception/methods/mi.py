@@ -12,6 +12,7 @@ from torch import nn
 from memory_inception.core.architecture import geometry
 from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering
+from memory_inception.core.storage import bank_bytes_at_sites
 from memory_inception.hf.inject import inject
 from memory_inception.methods.base import Cost, Method
 
@@ -36,10 +37,6 @@ class MI(Method):
         """Bank bytes kept at the sites: the site layers and, per layer, the KV groups the site heads read."""
         geo = geometry(model)
         sites = self.steering.sites if self.steering.sites is not None else Sites.default(model)
-        stored = 0
-        for layer, heads in sites.resolve(geo).items():
-            groups = len({h // geo.group_size for h in heads})
-            for _, bank in self.steering.banks:
-                per_slot = 2 * bank.head_dim * bank.keys(layer).element_size()
-                stored += groups * bank.num_slots * per_slot
+        heads = sites.resolve(geo)
+        stored = sum(bank_bytes_at_sites(bank, heads, geo.group_size) for _, bank in self.steering.banks)
         return Cost(stored_bytes=stored)

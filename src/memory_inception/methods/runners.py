@@ -9,11 +9,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from memory_inception.core.architecture import cache_kwargs, output_cache, text_config
+from memory_inception.core.architecture import (
+    cache_kwargs,
+    is_steered,
+    output_cache,
+)
 from memory_inception.errors import SteeringError
-from memory_inception.hf.attention import STOCK_TO_STEERED
 from memory_inception.hf.inject import STEER_MASK_KWARG
 from memory_inception.hf.scoring import next_token_batch, score_batch
+from memory_inception.hf.text import decode_reply, generate_batch, render_prompt
 from memory_inception.methods.base import Messages, Method
 
 # The question persona statements answer in `statement_margin` (the statement is the assistant's reply).
@@ -22,20 +26,9 @@ ASK = "Tell me something about yourself, in one sentence."
 
 # ---- running any method -------------------------------------------------------------------------------
 def render(tokenizer: Any, method: Method, messages: Messages) -> tuple[list[int], int]:
-    """Token ids of the conversation as `method` shows it, ready to generate, and where the instruction ends.
-
-    The instruction ends where the assistant's turn begins: positions from there on (the assistant header,
-    any answer prefix, every generated token) are "after the instruction" for CAA.
-    """
-    shown = method.conversation(messages)
-    if not shown or shown[-1].get("role") not in ("user", "system"):
-        raise SteeringError("a conversation must end with a user (or system) message for the assistant to answer")
-    full = tokenizer.apply_chat_template(shown, add_generation_prompt=True, tokenize=False)
-    bare = tokenizer.apply_chat_template(shown, add_generation_prompt=False, tokenize=False)
-    ids = list(tokenizer(full, add_special_tokens=False)["input_ids"])
-    instruction = list(tokenizer(bare, add_special_tokens=False)["input_ids"])
-    end = len(instruction) if ids[: len(instruction)] == instruction else len(ids)
-    return ids, min(end, len(ids))
+    """Token ids of the conversation as `method` shows it, ready to generate, and where the instruction ends
+    (see `hf.text.render_prompt`)."""
+    return render_prompt(tokenizer, method.conversation(messages))
 
 
 def generate(
@@ -50,23 +43,13 @@ def generate(
 ) -> list[str]:
     """The assistant's reply to each conversation under `method` (greedy unless told; left-padded batches)."""
     rendered = [render(tokenizer, method, conv) for conv in conversations]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    options = {"do_sample": False, "max_new_tokens": max_new_tokens, **generation_options}
+    options = {"max_new_tokens": max_new_tokens, **generation_options}
     replies: list[str] = []
     for start in range(0, len(rendered), batch_size):
         chunk = rendered[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(chunk):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = 1
-        with torch.no_grad(), method.active(model, steer_from=[end for _, end in chunk]):
-            out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=mask.to(device), pad_token_id=pad, **options
-            )
-        replies += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out.tolist()]
+        with method.active(model, steer_from=[end for _, end in chunk]):
+            new = generate_batch(model, tokenizer, [ids for ids, _ in chunk], **options)
+        replies += [decode_reply(tokenizer, ids) for ids in new]
     return replies
 
 
@@ -106,7 +89,7 @@ def score(
         for start in range(0, len(prompts), batch_size):
             chunk = slice(start, start + batch_size)
             with method.active(model, steer_from=ends[chunk]):
-                out += score_batch(model, prompts[chunk], conts[chunk], prefill or "last", _banks_injected(model))
+                out += score_batch(model, prompts[chunk], conts[chunk], prefill or "last", is_steered(model))
     return out
 
 
@@ -132,7 +115,7 @@ def next_token_logprobs(
         for start in range(0, len(rendered), batch_size):
             chunk = rendered[start : start + batch_size]
             with method.active(model, steer_from=[end for _, end in chunk]):
-                out.append(next_token_batch(model, [ids + prefix for ids, _ in chunk], prefill or "last", _banks_injected(model)))
+                out.append(next_token_batch(model, [ids + prefix for ids, _ in chunk], prefill or "last", is_steered(model)))
     if not out:
         return torch.empty(0, 0)
     return torch.cat(out)
@@ -168,7 +151,7 @@ def score_shared(
     head, last = ids[:-1], ids[-1]
     out: list[torch.Tensor] = []
     with torch.no_grad(), method.active(model, steer_from=end):  # one int: every row of every forward
-        steered = _banks_injected(model)
+        steered = is_steered(model)
         cache = None
         if head:
             steer = torch.full((1, len(head)), prefill == "all", dtype=torch.bool)
@@ -232,7 +215,3 @@ def statement_margin(
     k = len(matching)
     return sum(means[:k]) / k - sum(means[k:]) / len(nonmatching)
 
-
-def _banks_injected(model: nn.Module) -> bool:
-    """Whether an `inject` block is live on `model` (then scoring names the steered positions for it)."""
-    return text_config(model)._attn_implementation in STOCK_TO_STEERED.values()

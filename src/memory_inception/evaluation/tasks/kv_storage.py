@@ -15,6 +15,7 @@ from typing import Any
 
 from memory_inception.core.architecture import geometry
 from memory_inception.core.sites import Sites
+from memory_inception.core.storage import kv_bytes
 from memory_inception.evaluation.analysis import nanmean, table
 from memory_inception.evaluation.base import Context, Task, Unit
 from memory_inception.evaluation.config import EvalConfig
@@ -30,13 +31,13 @@ class KVDims:
     bytes_per_value: int
 
     def prompt_bytes(self, tokens: int) -> int:
-        """`2 * L * H_kv * T * d * bytes`."""
-        return 2 * self.num_layers * self.num_kv_heads * tokens * self.head_dim * self.bytes_per_value
+        """What visible prompting caches: every layer and KV head (`core.storage.kv_bytes`)."""
+        return kv_bytes(self.num_layers, self.num_kv_heads, tokens, self.head_dim, self.bytes_per_value)
 
     def bank_bytes(self, slots: int, layers: int, kv_groups_per_layer: int | None = None) -> int:
-        """`2 * |layers| * H_stored * M * d * bytes` (H_stored defaults to every KV head)."""
+        """What a bank stores at `layers` site layers and `kv_groups_per_layer` KV groups (default every KV head)."""
         heads = self.num_kv_heads if kv_groups_per_layer is None else kv_groups_per_layer
-        return 2 * layers * heads * slots * self.head_dim * self.bytes_per_value
+        return kv_bytes(layers, heads, slots, self.head_dim, self.bytes_per_value)
 
 
 def published_dims() -> dict[str, KVDims]:
@@ -73,7 +74,7 @@ class Storage(Task):
 
     def run(self, ctx: Context, unit: Unit) -> dict[str, Any]:
         persona = unit.fields["persona"]
-        model, tok = ctx.model, ctx.tokenizer
+        model = ctx.model
         geo = geometry(model)
         sites = ctx.sites() or Sites.default(model)
         resolved = sites.resolve(geo)

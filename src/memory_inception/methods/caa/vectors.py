@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from memory_inception.core.architecture import (
@@ -19,20 +17,22 @@ from memory_inception.core.architecture import (
     model_fingerprint,
     text_config,
 )
+from memory_inception.core.artifacts import (
+    ArtifactKind,
+    by_layer,
+    read_artifact,
+    write_artifact,
+)
 from memory_inception.errors import CAAError
 from memory_inception.hf.text import encode, left_pad, pad_token_id
 from memory_inception.methods.caa.pairs import ContrastPair
 
 Placement = Literal["residual", "attention"]
-
-
 PLACEMENTS = ("residual", "attention")
-
-
-VECTOR_FORMAT = "memory-inception-caa-vector"
-
-
-VECTOR_FORMAT_VERSION = 1
+VECTOR_FILE = ArtifactKind(
+    format="memory-inception-caa-vector", version=1, what="steering vector", title="CAA steering vector", error=CAAError,
+    rebuild="build one with build_steering_vector(...).save(path)",
+)
 
 
 # ---- vectors ------------------------------------------------------------------------------------------
@@ -91,40 +91,21 @@ class SteeringVector:
 
     def save(self, path: str | Path) -> Path:
         """Write the vector as one safetensors file with its metadata; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"vector.{layer}": v.contiguous() for layer, v in self.vectors.items()}
+        tensors = {f"vector.{layer}": v for layer, v in self.vectors.items()}
         metadata = {
-            "format": VECTOR_FORMAT,
-            "version": str(VECTOR_FORMAT_VERSION),
             "placement": self.placement,
             "name": self.name,
             "fingerprint": json.dumps(self.fingerprint),
             "meta": json.dumps(self.meta),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        tmp.replace(path)
-        return path
+        return write_artifact(path, VECTOR_FILE, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> SteeringVector:
         """Read a vector file; with `model`, also check the vector fits that model."""
-        path = Path(path)
-        if not path.is_file():
-            raise CAAError(f"no steering vector file at {path}; build one with build_steering_vector(...).save(path)")
+        tensors, metadata = read_artifact(path, VECTOR_FILE)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for damaged files
-            raise CAAError(f"{path} is not a readable steering vector file ({exc}); build it again") from exc
-        if metadata.get("format") != VECTOR_FORMAT:
-            raise CAAError(f"{path} is a safetensors file but not a CAA steering vector (no vector metadata)")
-        if int(metadata.get("version", "0")) > VECTOR_FORMAT_VERSION:
-            raise CAAError(f"{path} was written by a newer memory-inception (format {metadata['version']}); upgrade")
-        try:
-            vectors = {int(k.split(".", 1)[1]): t for k, t in tensors.items() if k.startswith("vector.")}
+            vectors = by_layer(tensors, "vector")
             vector = cls(
                 vectors=vectors,
                 placement=metadata["placement"],  # type: ignore[arg-type]
