@@ -5,11 +5,7 @@ Shared by the data loader (answers inside reference solutions) and the graders (
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Any
 
 _BOX_START = re.compile(r"\\boxed\s*\{|\\fbox\s*\{|(?<![\\A-Za-z])boxed\s*\{|\\boxed\s+(?=[^\s{])")
 
@@ -79,6 +75,7 @@ _FINAL_PHRASE = re.compile(
 
 
 def math_segments(text: str) -> list[str]:
+    """Contents of the math segments in ``text`` in order: ``$$..$$``, ``\\[..\\]``, ``\\(..\\)``, ``$..$``."""
     return [next(g for g in m.groups() if g is not None) for m in _MATH_SEGMENT.finditer(text)]
 
 
@@ -152,6 +149,7 @@ def split_top_level(text: str, seps: str = ",;") -> list[str]:
 
 
 def match_bracket(s: str, i: int) -> int:
+    """Index of the bracket closing the one at ``s[i]`` (any of ``([{``, nesting counted), or -1."""
     depth = 0
     for j in range(i, len(s)):
         if s[j] in _OPEN:
