@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from memory_inception.evaluation.grading.graders import Grade, GradingTimeout, deadline, grade, grade_hardmath, grade_physics
+from memory_inception.evaluation.grading import Grade, deadline, grade, grade_hardmath, grade_physics
+from memory_inception.evaluation.grading.timeouts import GradingTimeout
 from memory_inception.datasets.latex_spans import extract_final_answer, find_boxed
 from memory_inception.datasets.reasoning_problems import Problem, load_hardmath, load_physics
 
