@@ -43,6 +43,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 import memory_inception as mi
 
 SITE_LAYERS = tuple(range(21, 27))  # six consecutive layers, all heads (the library default on this model)
+RHO = 3.0  # fixed, so runs on different library versions steer alike (timing does not depend on it)
 USER_PROMPT = "Tell me about your day."
 LONG_QUESTION = "\n\nIn two sentences, what is the text above about?"
 
@@ -181,7 +182,23 @@ def interleaved(configs: dict[str, tuple], repeats: int, new_tokens: int, model:
 
 
 def steering_for(bank: mi.Bank) -> mi.Steering:
-    return mi.Steering(target=bank, sites=mi.Sites({layer: None for layer in SITE_LAYERS}))
+    return mi.Steering(target=bank, sites=mi.Sites({layer: None for layer in SITE_LAYERS}), rho=RHO)
+
+
+def paired(res: dict, a: str, b: str, key: str) -> dict[str, float]:
+    """Median and spread (min, max) of the per-round ratios a/b of `key`: each round ran a and b back to back."""
+    ratios = [ra[key] / rb[key] for ra, rb in zip(res[a]["runs"], res[b]["runs"])]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": ratios}
+
+
+def fmt_ratio(r: dict[str, float]) -> str:
+    return f"{r['median']:.3f} [{r['min']:.2f}-{r['max']:.2f}]"
+
+
+def add_ratios(res: dict, pairs: list[tuple[str, str]]) -> dict:
+    """Per-round paired ratios of decode tok/s and wall time for each (a, b) in `pairs`, stored in res["ratios"]."""
+    res["ratios"] = {f"{a}/{b}": {key: paired(res, a, b, key) for key in ("decode_tps", "total_s")} for a, b in pairs}
+    return res
 
 
 # ---- the three sections -----------------------------------------------------------------------------------
@@ -191,7 +208,7 @@ def section_decode(model, tok, args, bank, threads: int) -> dict:
         "mi": (chat_inputs(tok, USER_PROMPT), steering_for(bank)),
         "prompting": (chat_inputs(tok, USER_PROMPT, system=PERSONA), None),
     }
-    res = interleaved(configs, args.repeats, args.new_tokens, model)
+    res = add_ratios(interleaved(configs, args.repeats, args.new_tokens, model), [("mi", "plain"), ("mi", "prompting")])
     res["mi_differs_from_plain"] = res["mi"]["tokens"] != res["plain"]["tokens"]
     return res
 
@@ -203,7 +220,7 @@ def section_long(model, tok, args, bank, long_text: str, threads: int) -> dict:
         "mi": (chat_inputs(tok, user), steering_for(bank)),  # default prefill="last"
         "prompting": (chat_inputs(tok, user, system=PERSONA), None),
     }
-    return interleaved(configs, args.repeats, args.long_new_tokens, model)
+    return add_ratios(interleaved(configs, args.repeats, args.long_new_tokens, model), [("mi", "plain"), ("mi", "prompting")])
 
 
 def section_sweep(model, tok, args, sweep_banks: dict[int, tuple[str, mi.Bank]], threads: int) -> dict:
@@ -213,7 +230,7 @@ def section_sweep(model, tok, args, sweep_banks: dict[int, tuple[str, mi.Bank]],
             "mi": (chat_inputs(tok, USER_PROMPT), steering_for(bank)),
             "prompting": (chat_inputs(tok, USER_PROMPT, system=text), None),
         }
-        res = interleaved(configs, args.repeats, args.sweep_new_tokens, model)
+        res = add_ratios(interleaved(configs, args.repeats, args.sweep_new_tokens, model), [("mi", "prompting")])
         res["slots"] = bank.num_slots
         res["guidance_tokens"] = len(tok(text, add_special_tokens=False)["input_ids"])
         points[n] = res
@@ -224,7 +241,8 @@ def section_sweep(model, tok, args, sweep_banks: dict[int, tuple[str, mi.Bank]],
 def header(args, meta: dict, what: str, new_tokens: int) -> str:
     return (
         f"{what} | model {meta['model']} | dtype {meta['dtype']} | threads {args.threads} | "
-        f"{new_tokens} new tokens, greedy, batch 1 | median of {args.repeats} (interleaved, 1 warm-up)"
+        f"{new_tokens} new tokens, greedy, batch 1 | {args.repeats} interleaved rounds after 1 warm-up of each; "
+        "ratios: median of per-round ratios [min-max]"
     )
 
 
@@ -249,7 +267,7 @@ def table_decode(results: dict, args, meta: dict) -> Table:
             str(th),
             f"{p['prompt_tokens']}/{m['prompt_tokens']}/{v['prompt_tokens']}",
             f"{p['decode_tps']:.1f}", f"{m['decode_tps']:.1f}", f"{v['decode_tps']:.1f}",
-            f"{m['decode_tps'] / p['decode_tps']:.3f}", f"{m['decode_tps'] / v['decode_tps']:.3f}",
+            fmt_ratio(r["ratios"]["mi/plain"]["decode_tps"]), fmt_ratio(r["ratios"]["mi/prompting"]["decode_tps"]),
             f"{p['e2e_tps']:.1f}/{m['e2e_tps']:.1f}/{v['e2e_tps']:.1f}",
             "yes" if r["mi_differs_from_plain"] else "NO",
             load_of(p, m, v),
@@ -275,7 +293,7 @@ def table_long(results: dict, args, meta: dict) -> Table:
             str(th),
             f"{p['prompt_tokens']}/{m['prompt_tokens']}/{v['prompt_tokens']}",
             f"{p['total_s']:.2f}", f"{m['total_s']:.2f}", f"{v['total_s']:.2f}",
-            f"{m['total_s'] / p['total_s']:.3f}", f"{m['total_s'] / v['total_s']:.3f}",
+            fmt_ratio(r["ratios"]["mi/plain"]["total_s"]), fmt_ratio(r["ratios"]["mi/prompting"]["total_s"]),
             f"{p['prefill_s']:.2f}/{m['prefill_s']:.2f}/{v['prefill_s']:.2f}",
             f"{p['decode_tps']:.1f}/{m['decode_tps']:.1f}/{v['decode_tps']:.1f}",
             load_of(p, m, v),
@@ -296,15 +314,15 @@ def table_sweep(results: dict, args, meta: dict) -> Table:
     for th, points in results.items():
         for n, r in points.items():
             m, v = r["mi"], r["prompting"]
-            dec = m["decode_tps"] / v["decode_tps"]
-            e2e = m["total_s"] / v["total_s"]
+            dec_r, e2e_r = r["ratios"]["mi/prompting"]["decode_tps"], r["ratios"]["mi/prompting"]["total_s"]
+            dec, e2e = dec_r["median"], e2e_r["median"]
             t.add_row(
                 str(th), str(r["guidance_tokens"]), str(r["slots"]),
                 f"{m['prompt_tokens']}/{v['prompt_tokens']}",
                 f"{m['decode_tps']:.1f}", f"{v['decode_tps']:.1f}",
-                f"[green]{dec:.3f}[/]" if dec >= 1 else f"{dec:.3f}",
+                f"[green]{fmt_ratio(dec_r)}[/]" if dec >= 1 else fmt_ratio(dec_r),
                 f"{m['total_s']:.2f}", f"{v['total_s']:.2f}",
-                f"[green]{e2e:.3f}[/]" if e2e <= 1 else f"{e2e:.3f}",
+                f"[green]{fmt_ratio(e2e_r)}[/]" if e2e <= 1 else fmt_ratio(e2e_r),
                 load_of(m, v),
             )
         t.add_section()

@@ -33,3 +33,7 @@ class CAAError(SteeringError):
 
 class DataError(MemoryInceptionError, ValueError):
     """A benchmark name, kind or subject is unknown, or a shipped data file is unreadable."""
+
+
+class MissingExtraError(MemoryInceptionError, ImportError):
+    """An optional feature's dependencies are not installed (the message names the pip command)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -132,12 +133,25 @@ def inverse_tables(rotary: nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> t
     return cos / scale**2, sin / scale**2
 
 
+# Memo of `model_fingerprint` per layer-0 key projection module: a pure function of its weight, recomputed when
+# the weight is replaced or changed in place (its version counter moves).
+_FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, tuple[int, int, str]] = weakref.WeakKeyDictionary()
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """A short hash of the model's geometry and of its first key projection (dtype-independent).
 
-    Banks carry it so that a bank is never read by a model it was not built from.
+    Banks carry it so that a bank is never read by a model it was not built from. Hashed once per weight.
     """
-    return weights_fingerprint(geometry(model), attention_modules(model)[0].k_proj.weight)
+    projection = attention_modules(model)[0].k_proj
+    weight = projection.weight
+    stamp = (id(weight), weight._version)
+    hit = _FINGERPRINTS.get(projection)
+    if hit is not None and hit[:2] == stamp:
+        return hit[2]
+    fingerprint = weights_fingerprint(geometry(model), weight)
+    _FINGERPRINTS[projection] = (*stamp, fingerprint)
+    return fingerprint
 
 
 def weights_fingerprint(geo: ModelGeometry, first_key_projection: torch.Tensor) -> str:

@@ -27,6 +27,18 @@ class ForwardState:
     rows: None | str | torch.Tensor = None
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
+    # what every site layer of this forward shares (masks, log N, gathered RoPE tables), made by the first site
+    # layer that sees each attention mask; `begin` clears it at the start of every forward
+    prepared: list[tuple[object, object]] = field(default_factory=list, repr=False)
+
+    def begin(self, rows: None | str | torch.Tensor) -> None:
+        """A new forward: its steered rows; nothing prepared yet (its RoPE tables come from the rotary hook)."""
+        self.rows = rows
+        self.prepared.clear()
+
+    def clear(self) -> None:
+        self.rows = self.cos = self.sin = None
+        self.prepared.clear()
 
 
 @dataclass
@@ -51,6 +63,14 @@ class LayerPlan:
     state: ForwardState = field(repr=False, default_factory=ForwardState)
     # diagnostics (site selection): called as trace(plan, bank_scores, probs, num_prompt_keys) after each mixture
     trace: Callable[[LayerPlan, torch.Tensor, torch.Tensor, int], None] | None = field(repr=False, default=None)
+    # [M] 1.0 on the target / reference slots: where the gate's gains go (made from the slices, gate only)
+    gate_masks: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.target is not None and self.reference is not None:
+            on_target, on_reference = torch.zeros_like(self.slot_bias), torch.zeros_like(self.slot_bias)
+            on_target[self.target], on_reference[self.reference] = 1.0, 1.0
+            self.gate_masks = (on_target, on_reference)
 
 
 def plan_layers(
@@ -91,6 +111,8 @@ def plan_layers(
     strengths = layer_strengths(list(heads_per_layer), rho, st.schedule, ranks)
     gains = _constant_gains(st)
     state = state if state is not None else ForwardState()
+    target = slice(0, st.target.num_slots) if st.gated else None
+    reference = slice(st.target.num_slots, st.target.num_slots + st.reference.num_slots) if st.gated else None
     plans = {}
     for layer, heads in heads_per_layer.items():
         rho_l = strengths[layer]
@@ -107,8 +129,6 @@ def plan_layers(
             constant = 0.0 if (st.gated and role in ("target", "reference")) else rho_l * gain
             norm = -math.log(m) if st.normalize == "paper" else 0.0
             bias.append(torch.full((m,), constant + norm))
-        target = slice(0, st.target.num_slots) if st.gated else None
-        reference = slice(st.target.num_slots, st.target.num_slots + st.reference.num_slots) if st.gated else None
         plans[layer] = LayerPlan(
             layer=layer,
             heads=head_t,

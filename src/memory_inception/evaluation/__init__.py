@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from memory_inception.errors import EvaluationError
+from memory_inception.extras import require_extra
+
+require_extra("eval", "the evaluation suite (mi eval, mi report, the graders)")
 from memory_inception.evaluation.base import Context, Task, Unit
 from memory_inception.evaluation.config import (
     ALL_PERSONAS,

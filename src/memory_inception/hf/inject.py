@@ -71,7 +71,7 @@ class Injection:
         # transformers >= 5.20 passes the decoder's cache as `cache`, earlier versions as `past_key_values`
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None else 0
-        self.state.rows = self._rows(explicit, batch, q_len, past, kwargs.get("attention_mask"))
+        self.state.begin(self._rows(explicit, batch, q_len, past, kwargs.get("attention_mask")))
         return args, kwargs
 
     def _rows(self, explicit, batch: int, q_len: int, past: int, attention_mask) -> None | str | torch.Tensor:
@@ -150,7 +150,7 @@ class Injection:
             module.__dict__.pop("_mi_plan", None)
         if self._original_impl is not None and text_config(self.model)._attn_implementation != self._original_impl:
             self.model.set_attn_implementation(self._original_impl)
-        self.state.rows = self.state.cos = self.state.sin = None
+        self.state.clear()
         self._active = False
 
 

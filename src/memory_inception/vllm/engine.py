@@ -12,8 +12,7 @@ from typing import Any
 
 from memory_inception.core.plan import plan_layers
 from memory_inception.errors import MemoryInceptionError, ModelLoadError
-from memory_inception.methods.base import Plain
-from memory_inception.methods.runners import render
+from memory_inception.hf.text import render_prompt
 from memory_inception.vllm.bankdir import BankDirectory
 from memory_inception.vllm.checkpoint import Checkpoint
 from memory_inception.vllm.spec import EXTRA_ARGS_KEY, RequestSteering
@@ -59,16 +58,10 @@ def steered_prompt(token_ids: Sequence[int], steering: RequestSteering | None = 
 
 def checkpoint_dir(model: str | Path | None) -> Path:
     """The transformers checkpoint directory vLLM loads: the core's converted GGUF entry, or a directory."""
-    from memory_inception.hf.models import (
-        _REGISTRY,
-        DEFAULT_MODEL,
-        cache_entry,
-        gguf_path,
-        load_model,
-    )
+    from memory_inception.hf.models import DEFAULT_MODEL, available_models, cache_entry, gguf_path, load_model
 
     name = DEFAULT_MODEL if model is None else str(model)
-    if name.lower() in _REGISTRY:
+    if name.lower() in available_models():
         entry = cache_entry(gguf_path(name.lower()))
         if not (entry / "config.json").is_file():
             load_model(name)  # converts the GGUF once (cached); the same weights as the transformers path
@@ -165,5 +158,5 @@ class MIEngine:
         **options: Any,
     ) -> list[Generation]:
         """`generate` on conversations rendered with the chat template exactly as `methods.generate` renders them."""
-        prompts = [render(self.tokenizer, Plain(), conv)[0] for conv in conversations]
+        prompts = [render_prompt(self.tokenizer, conv)[0] for conv in conversations]
         return self.generate(prompts, steering, **options)
