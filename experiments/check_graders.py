@@ -22,7 +22,7 @@ from memory_inception.datasets.reasoning_problems import load_hardmath, load_phy
 
 
 NOTES = """
-## How the graders decide (summary; details in `memory_inception/grading.py`)
+## How the graders decide (summary; details in `memory_inception/evaluation/grading/`)
 
 - Extraction: last `\\boxed{}` (balanced braces; `\\fbox`, `\\boxed x`, and `boxed{` with a lost
   backslash, which HARDMath solutions contain), else the "final answer ... :" / "answer is" phrase, else

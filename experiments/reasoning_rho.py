@@ -19,7 +19,7 @@ import torch
 import memory_inception as mi
 from memory_inception.tuning.calibration import DEFAULT_TOLERANCE as BOUND
 from memory_inception.evaluation.tasks.reasoning import sample
-from memory_inception.evaluation.grading.graders import grade
+from memory_inception.evaluation.grading import grade
 from memory_inception.evaluation.heuristics import DEFAULT_AUX_GAINS, guidance, mode_messages
 from memory_inception.methods.mi import MI
 from memory_inception.methods.base import Plain

@@ -2,7 +2,7 @@
 
 Data ship in ``memory_inception/data/hardmath`` and ``memory_inception/data/physics`` (see their
 SOURCE.md). Loading is deterministic: HARDMath in its numeric key order ("0".."365"), PHYSICS by
-subject (alphabetical) and then file order. Grading lives in :mod:`memory_inception.grading`.
+subject (alphabetical) and then file order. Grading lives in :mod:`memory_inception.evaluation.grading`.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class ReasoningOptions:
 
 def _grade_fields(problem: Any, reply: str) -> dict[str, Any]:
     """One reply's grade as a cell row stores it."""
-    from memory_inception.evaluation.grading.graders import grade
+    from memory_inception.evaluation.grading import grade
 
     g = grade(problem, reply)
     return {"extracted": g.extracted, "correct": g.correct, "score": g.score, "detail": g.detail[:300]}
@@ -286,7 +286,7 @@ class ReasoningTask(Task):
             f"{opts.direct_tokens or 64} new tokens) and steps (step by step, {opts.steps_tokens or 384} new tokens), greedy. "
             "Prompting shows the type's checklist and the auxiliary texts as one system message; MI reads the same texts "
             "as banks: " + ", ".join(POOLING_TEXT[x] for x in opts.poolings) + ". "
-            "Graded offline (memory_inception.grading). CAA is not run: a checklist has no contrast pairs.", "",
+            "Graded offline (memory_inception.evaluation.grading). CAA is not run: a checklist has no contrast pairs.", "",
             "Correct answers per cell:", "",
             table(header, body), "",
         ]
