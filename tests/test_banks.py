@@ -130,3 +130,46 @@ def test_banks_are_built_unsteered(model, tiny_tokenizer):
     with mi.inject(model, mi.Steering(target=bank, sites=mi.Sites({1: None}))):
         with pytest.raises(mi.BankError, match="outside"):
             mi.build_bank(model, tiny_tokenizer, TEXT)
+
+
+def _safetensors_data_bytes(path) -> int:
+    """Bytes of a safetensors file's tensor data: the file less its 8-byte length and its JSON header."""
+    raw = path.read_bytes()
+    return len(raw) - 8 - int.from_bytes(raw[:8], "little")
+
+
+def test_bank_built_for_sites_stores_what_the_sites_read(model, tiny_tokenizer, tmp_path):
+    # layer 1: heads 0 and 1 read KV group 0 only; layer 3: every head (both groups)
+    sites = mi.Sites({1: [0, 1], 3: None})
+    full = mi.build_bank(model, tiny_tokenizer, TEXT, layers="all")
+    bank = mi.build_bank(model, tiny_tokenizer, TEXT, sites=sites)
+    assert bank.layers == (1, 3) and bank.stored_kv_heads(1) == (0,) and bank.stored_kv_heads(3) == (0, 1)
+    assert bank.keys(1).shape == (1, bank.num_slots, 16)
+    assert torch.equal(bank.keys(1), full.keys(1)[:1]) and torch.equal(bank.values(3), full.values(3))
+    m = bank.num_slots
+    assert bank.nbytes == 2 * (1 + 2) * m * 16 * 4  # layer 1: one KV head, layer 3: two
+    cost = mi.MI(mi.Steering(target=bank, sites=sites)).cost(model, tiny_tokenizer)
+    assert cost.stored_bytes == bank.nbytes
+    assert mi.MI(mi.Steering(target=full, sites=sites)).cost(model, tiny_tokenizer).stored_bytes == bank.nbytes
+    path = bank.save(tmp_path / "sites.safetensors")
+    assert _safetensors_data_bytes(path) == bank.nbytes
+    loaded = mi.Bank.load(path, model=model)
+    assert loaded.kv_heads == {1: (0,)} and torch.equal(loaded.keys(1), bank.keys(1))
+    # steering with the restricted bank is the same as with the full one at these sites
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    outs = []
+    for b in (full, bank, loaded):
+        with torch.no_grad(), mi.inject(model, mi.Steering(target=b, sites=sites, prefill="all")):
+            outs.append(model(ids).logits)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    # sites reading a KV group the bank did not keep are refused, naming the fix
+    with pytest.raises(mi.BankError, match="build the bank for these sites"):
+        mi.inject(model, mi.Steering(target=bank, sites=mi.Sites({1: [2]})))
+
+
+def test_default_bank_keeps_the_default_sites(model, tiny_tokenizer):
+    bank = mi.build_bank(model, tiny_tokenizer, TEXT)
+    assert bank.layers == mi.Sites.default(model).layers
+    assert mi.MI(mi.Steering(target=bank)).cost(model, tiny_tokenizer).stored_bytes == bank.nbytes
+    with pytest.raises(mi.BankError, match="either sites"):
+        mi.build_bank(model, tiny_tokenizer, TEXT, sites=mi.Sites({1: None}), layers=[1])

@@ -77,3 +77,14 @@ def test_qwen_gqa_prefix_oracle_and_restoration():
         after = model(torch.tensor([prompt])).logits
     assert (got - want).abs().max().item() < 2e-4  # observed 3.8e-5 (SmolLM2), 1.5e-5 (Qwen2.5)
     assert torch.equal(before, after)
+
+
+def test_default_bank_stores_what_mi_cost_reports(smollm, tmp_path):
+    model, tok = smollm
+    bank = mi.build_bank(model, tok, PERSONA, name="pirate")
+    assert bank.layers == tuple(range(21, 27))  # the default sites: every head of layers 21-26
+    per_layer = 2 * 3 * bank.num_slots * 64 * 4  # keys and values, 3 KV heads, head_dim 64, fp32
+    assert bank.nbytes == 6 * per_layer
+    assert mi.MI(mi.Steering(target=bank)).cost(model, tok).stored_bytes == bank.nbytes
+    raw = bank.save(tmp_path / "pirate.safetensors").read_bytes()
+    assert len(raw) - 8 - int.from_bytes(raw[:8], "little") == bank.nbytes  # the file: these bytes + metadata

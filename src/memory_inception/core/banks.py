@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from memory_inception.core.architecture import (
+    ModelGeometry,
     attention_modules,
     cache_kwargs,
     geometry,
@@ -28,12 +29,13 @@ from memory_inception.core.artifacts import (
     read_artifact,
     write_artifact,
 )
+from memory_inception.core.sites import Sites
 from memory_inception.errors import BankError
 
 logger = logging.getLogger(__name__)
 
 BANK_FILE = ArtifactKind(
-    format="memory-inception-bank", version=1, what="bank", title="memory-inception bank", error=BankError,
+    format="memory-inception-bank", version=2, what="bank", title="memory-inception bank", error=BankError,
     rebuild="build one with `mi bank build TEXT -o FILE` (or mi.build_bank(...).save(FILE))",
 )
 
@@ -44,7 +46,11 @@ Pooling = Literal["concat", "mean"]
 
 @dataclass
 class Bank:
-    """Per layer, pre-RoPE keys and values `[H_kv, M, d]` built from one text (or token ids) by one model."""
+    """Per layer, pre-RoPE keys and values `[H_stored, M, d]` built from one text (or token ids) by one model.
+
+    `kv_heads` names, for the layers that keep fewer than all KV heads, which ones they keep (a bank built for
+    sites stores only the layers and KV groups the site heads read); other layers keep every KV head.
+    """
 
     name: str
     text: str | None
@@ -53,6 +59,7 @@ class Bank:
     num_kv_heads: int
     head_dim: int
     options: dict[str, Any] = field(default_factory=dict)
+    kv_heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
     _keys: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     _values: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -77,18 +84,67 @@ class Bank:
         return next(iter(self._keys.values())).dtype
 
     def keys(self, layer: int) -> torch.Tensor:
-        """Pre-RoPE keys `[H_kv, M, d]` of `layer`."""
+        """Pre-RoPE keys `[H_stored, M, d]` of `layer` (its stored KV heads, `stored_kv_heads(layer)`)."""
         return self._keys[self._check_layer(layer)]
 
     def values(self, layer: int) -> torch.Tensor:
-        """Values `[H_kv, M, d]` of `layer`."""
+        """Values `[H_stored, M, d]` of `layer`."""
         return self._values[self._check_layer(layer)]
+
+    def stored_kv_heads(self, layer: int) -> tuple[int, ...]:
+        """The model's KV heads whose slots `layer` keeps, in storage order."""
+        self._check_layer(layer)
+        return self.kv_heads.get(layer, tuple(range(self.num_kv_heads)))
+
+    def kv_rows(self, layer: int, kv_heads: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values `[len(kv_heads), M, d]` of `layer` for these model KV heads (in this order)."""
+        stored = self.stored_kv_heads(layer)
+        if len(stored) == self.num_kv_heads and list(kv_heads) == list(stored):
+            return self._keys[layer], self._values[layer]
+        where = {h: i for i, h in enumerate(stored)}
+        missing = sorted({int(h) for h in kv_heads} - set(where))
+        if missing:
+            raise BankError(
+                f"bank {self.name!r} keeps KV heads {list(stored)} at layer {layer}, but the sites read KV heads "
+                f"{missing} too; build the bank for these sites (build_bank(..., sites=...)) or with every head"
+            )
+        index = torch.tensor([where[int(h)] for h in kv_heads], dtype=torch.long)
+        return self._keys[layer][index], self._values[layer][index]
+
+    def restrict(self, layers: Sequence[int] | None = None, kv_heads: dict[int, Sequence[int]] | None = None) -> Bank:
+        """A bank keeping only `layers` (default: all its layers) and, per layer in `kv_heads`, only those KV heads.
+
+        Nothing is recomputed: the kept slots are the same tensors' rows, so steering at sites inside the
+        restriction is unchanged.
+        """
+        chosen = list(self.layers) if layers is None else sorted({int(layer) for layer in layers})
+        for layer in chosen:
+            self._check_layer(layer)
+        keys, values, heads = {}, {}, {}
+        for layer in chosen:
+            wanted = (kv_heads or {}).get(layer)
+            if wanted is None:
+                keys[layer], values[layer] = self._keys[layer], self._values[layer]
+                if layer in self.kv_heads:
+                    heads[layer] = self.kv_heads[layer]
+                continue
+            wanted = tuple(sorted({int(h) for h in wanted}))
+            keys[layer], values[layer] = (t.contiguous() for t in self.kv_rows(layer, wanted))
+            if len(wanted) < self.num_kv_heads:
+                heads[layer] = wanted
+        return Bank(self.name, self.text, self.token_ids, self.fingerprint, self.num_kv_heads, self.head_dim,
+                    dict(self.options), heads, keys, values)
+
+    def for_sites(self, sites: Sites, geo: ModelGeometry) -> Bank:
+        """This bank restricted to what `sites` read: their layers and, per layer, the KV groups of their heads."""
+        heads = sites.resolve(geo)
+        return self.restrict(list(heads), {layer: sorted({geo.kv_head_of(h) for h in hs}) for layer, hs in heads.items()})
 
     def _check_layer(self, layer: int) -> int:
         if layer not in self._keys:
             raise BankError(
-                f"bank {self.name!r} has no slots for layer {layer} (it has layers {list(self.layers)}); "
-                "build the bank with layers=None (all layers) or with the layers your sites use"
+                f"bank {self.name!r} has no slots for layer {layer} (it has layers {list(self.layers)}); build the "
+                "bank for the sites you use (build_bank(..., sites=...)), with those layers, or with layers='all'"
             )
         return layer
 
@@ -125,6 +181,7 @@ class Bank:
             "num_kv_heads": str(self.num_kv_heads),
             "head_dim": str(self.head_dim),
             "options": json.dumps(self.options),
+            "kv_heads": json.dumps({str(layer): list(heads) for layer, heads in self.kv_heads.items()}),
         }
         return write_artifact(path, BANK_FILE, tensors, metadata)
 
@@ -143,6 +200,7 @@ class Bank:
             num_kv_heads=int(metadata["num_kv_heads"]),
             head_dim=int(metadata["head_dim"]),
             options=json.loads(metadata["options"]),
+            kv_heads={int(k): tuple(v) for k, v in json.loads(metadata.get("kv_heads", "{}")).items()},
             _keys=keys,
             _values=values,
         )
@@ -212,7 +270,8 @@ def build_bank(
     tokenizer: Any,
     text: str,
     *,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | Literal["all"] | None = None,
+    sites: Sites | None = None,
     name: str | None = None,
     templates: Sequence[str] = ("{descriptor}",),
     variants: Variants = "full",
@@ -220,7 +279,11 @@ def build_bank(
     pooling: Pooling = "concat",
     chat_template: bool = True,
 ) -> Bank:
-    """Build a bank from `text` (spec section 1): one unsteered forward per (variant, template) pair."""
+    """Build a bank from `text` (spec section 1): one unsteered forward per (variant, template) pair.
+
+    What it stores: with `sites`, only the layers and KV groups those sites read; with `layers`, every KV head of
+    those layers ("all": every layer); with neither, the model's default sites (`core.defaults`).
+    """
     if not isinstance(text, str) or not text.strip():
         raise BankError("the bank text is empty; pass the guidance text (a persona, reminder, fact or checklist)")
     if variants not in ("full", "lines"):
@@ -239,7 +302,11 @@ def build_bank(
     texts = [text]
     if variants == "lines":
         texts += [line for line in text.splitlines() if line.strip() and line != text]
-    layer_list = _resolve_layers(model, layers)
+    if sites is not None and layers is not None:
+        raise BankError("give either sites (the bank keeps what they read) or layers, not both")
+    if sites is None and layers is None:
+        sites = Sites.default(model)
+    layer_list = _resolve_layers(model, list(sites.layers) if sites is not None else layers)
 
     parts = []
     kept_ids: list[int] = []
@@ -265,7 +332,8 @@ def build_bank(
         "pooling": pooling,
         "chat_template": use_chat,
     }
-    return Bank._assemble(model, name or _default_name(text), text, kept_ids, parts, layer_list, pooling, options)
+    bank = Bank._assemble(model, name or _default_name(text), text, kept_ids, parts, layer_list, pooling, options)
+    return bank.for_sites(sites, geometry(model)) if sites is not None else bank
 
 
 def _default_name(text: str) -> str:
@@ -273,9 +341,9 @@ def _default_name(text: str) -> str:
     return "-".join(words[:4]) or "bank"
 
 
-def _resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+def _resolve_layers(model: nn.Module, layers: Sequence[int] | Literal["all"] | None) -> list[int]:
     n = geometry(model).num_layers
-    if layers is None:
+    if layers is None or (isinstance(layers, str) and layers == "all"):
         return list(range(n))
     out = sorted({int(layer) for layer in layers})
     if not out:

@@ -20,15 +20,26 @@ RULE_CAA_MULTIPLIER = 2.0
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    """Default site layers (every head), total strength `rho`, CAA layer and multiplier, and where they come from."""
+    """Default site layers (every head), strengths, CAA layer and multiplier, and where they come from.
+
+    `rho` is what `Steering(rho=None)` uses: the strength that moved the measured behaviour most. `calibrated_rho`,
+    where measured, is the strongest that kept greedy replies fluent (calibration's bound); `mi eval` compares
+    methods at it. None: `rho`.
+    """
 
     layers: tuple[int, ...]
     rho: float
     caa_layer: int
     caa_multiplier: float
     source: str
+    calibrated_rho: float | None = None
     name: str | None = None
     fingerprint: str | None = None
+
+    @property
+    def eval_rho(self) -> float:
+        """The strength `mi eval` runs MI at by default."""
+        return self.calibrated_rho if self.calibrated_rho is not None else self.rho
 
 
 def rule_layers(num_layers: int) -> tuple[int, ...]:
@@ -39,12 +50,13 @@ def rule_layers(num_layers: int) -> tuple[int, ...]:
 
 
 # Measured entries. SmolLM2-135M: of the bands 9-14, 15-20 and 21-26 only 21-26 moved both poles of extraversion
-# and agreeableness the right way (reports/defaults.md); rho -20 is the strongest that kept greedy replies within
-# +0.10 repeated trigrams of plain, and CAA layer 15 x6 the calibrated CAA (reports/compare_methods.md). Qwen2.5-Coder-0.5B: the CAA A/B curve rises at layer 14
+# and agreeableness the right way, and rho 3 was right on every pole (reports/defaults.md); rho -20 is the
+# strongest that kept greedy replies within +0.10 repeated trigrams of plain, and CAA layer 15 x6 the calibrated
+# CAA (reports/compare_methods.md). Qwen2.5-Coder-0.5B: the CAA A/B curve rises at layer 14
 # (reports/caa_ab_qwen.md); its sites and rho follow the rule (reports/eval/qwen2.5).
 TABLE: tuple[ModelDefaults, ...] = (
     ModelDefaults(
-        layers=tuple(range(21, 27)), rho=-20.0, caa_layer=15, caa_multiplier=6.0,
+        layers=tuple(range(21, 27)), rho=3.0, calibrated_rho=-20.0, caa_layer=15, caa_multiplier=6.0,
         source="reports/defaults.md, reports/compare_methods.md",
         name="smollm2-135m-instruct", fingerprint="6b0adf3dd8cf35da",
     ),

@@ -102,8 +102,8 @@ def plan_layers(
         missing = [layer for layer in heads_per_layer if layer not in bank.layers]
         if missing:
             raise SteeringError(
-                f"the {role} bank {bank.name!r} has no slots for site layers {missing}; build it with "
-                "layers=None (all layers) or with layers covering the sites"
+                f"the {role} bank {bank.name!r} has no slots for site layers {missing}; build it for these sites "
+                "(build_bank(..., sites=...)), with layers covering them, or with layers='all'"
             )
     if st.positions == "prefix" and prefix_rope is None:
         raise SteeringError("positions='prefix' needs the cos/sin of the prefix positions (prefix_rope)")
@@ -119,8 +119,11 @@ def plan_layers(
         head_t = torch.tensor(heads, dtype=torch.long, device=device)
         kv_index = head_t // geo.group_size
         all_heads = len(heads) == geo.num_heads
-        keys = torch.cat([b.keys(layer) for _, b in st.banks], dim=1).to(device, dtype)
-        values = torch.cat([b.values(layer) for _, b in st.banks], dim=1).to(device, dtype)
+        # per bank, the KV heads the plan reads: every KV head (all heads, grouped) or the selected heads' own
+        read = list(range(geo.num_kv_heads)) if all_heads else kv_index.tolist()
+        rows = [b.kv_rows(layer, read) for _, b in st.banks]
+        keys = torch.cat([k for k, _ in rows], dim=1).to(device, dtype)
+        values = torch.cat([v for _, v in rows], dim=1).to(device, dtype)
         if prefix_rope is not None:
             keys = apply_rope(keys, *prefix_rope)
         bias = []
@@ -135,8 +138,8 @@ def plan_layers(
             kv_index=kv_index,
             all_heads=all_heads,
             group_size=geo.group_size,
-            bank_keys=(keys if all_heads else keys[kv_index]).contiguous(),
-            bank_values=(values if all_heads else values[kv_index]).contiguous(),
+            bank_keys=keys.contiguous(),
+            bank_values=values.contiguous(),
             slot_bias=torch.cat(bias).to(device, dtype),
             target=target,
             reference=reference,

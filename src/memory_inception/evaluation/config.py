@@ -78,7 +78,7 @@ class EvalConfig:
         entry = defaults_by_name(self.model)
         if entry is None:
             return {"mi.rho": RULE_RHO, "caa.layer": None, "caa.multiplier": RULE_CAA_MULTIPLIER}[key]
-        return {"mi.rho": entry.rho, "caa.layer": entry.caa_layer, "caa.multiplier": entry.caa_multiplier}[key]
+        return {"mi.rho": entry.eval_rho, "caa.layer": entry.caa_layer, "caa.multiplier": entry.caa_multiplier}[key]
 
     @property
     def rho(self) -> float:

@@ -12,7 +12,6 @@ from torch import nn
 from memory_inception.core.architecture import geometry
 from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering
-from memory_inception.core.storage import bank_bytes_at_sites
 from memory_inception.hf.inject import inject
 from memory_inception.methods.base import Cost, Method
 
@@ -37,6 +36,5 @@ class MI(Method):
         """Bank bytes kept at the sites: the site layers and, per layer, the KV groups the site heads read."""
         geo = geometry(model)
         sites = self.steering.sites if self.steering.sites is not None else Sites.default(model)
-        heads = sites.resolve(geo)
-        stored = sum(bank_bytes_at_sites(bank, heads, geo.group_size) for _, bank in self.steering.banks)
+        stored = sum(bank.for_sites(sites, geo).nbytes for _, bank in self.steering.banks)
         return Cost(stored_bytes=stored)
