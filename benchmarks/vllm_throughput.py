@@ -67,8 +67,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import memory_inception as mi
+    from memory_inception.methods.interface import Plain
     from memory_inception.methods.mi import MI
-    from memory_inception.methods.base import Plain
     from memory_inception.methods.runners import generate
     from memory_inception.vllm import BankUse, MIEngine, RequestSteering
     from memory_inception.vllm.engine import checkpoint_dir

@@ -14,9 +14,9 @@ import time
 import torch
 
 import memory_inception as mi
+from memory_inception.datasets.caa_ab import load_ab_items
 from memory_inception.methods.caa.ab_eval import ab_match_curve
 from memory_inception.methods.caa.pairs import ab_pairs
-from memory_inception.datasets.caa_ab import load_ab_items
 
 MULTIPLIERS = [-2.0, -1.0, 0.0, 1.0, 2.0]
 LAYERS = (8, 11, 14)

@@ -17,9 +17,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from memory_inception.evaluation.grading import grade_hardmath, grade_physics
 from memory_inception.datasets.reasoning_problems import load_hardmath, load_physics
-
+from memory_inception.evaluation.grading import grade_hardmath, grade_physics
 
 NOTES = """
 ## How the graders decide (summary; details in `memory_inception/evaluation/grading/`)

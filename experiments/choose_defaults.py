@@ -17,11 +17,11 @@ import time
 import torch
 
 import memory_inception as mi
+from memory_inception.datasets.traits import DESCRIPTORS, statements
+from memory_inception.methods.interface import Plain
 from memory_inception.methods.mi import MI
-from memory_inception.methods.base import Plain
 from memory_inception.methods.prompting import Prompting
 from memory_inception.methods.runners import statement_margin
-from memory_inception.datasets.traits import DESCRIPTORS, statements
 
 TRAITS = ("extraversion", "agreeableness")
 FLUENCY_BAND = "21-26"  # greedy generations cost most: fluency is measured on the default band only

@@ -24,20 +24,18 @@ import time
 import torch
 
 import memory_inception as mi
-from memory_inception.methods.caa.pairs import ContrastPair, STATEMENT_PROMPT
-from memory_inception.tuning.calibration import MULTIPLIER_GRID, RHO_GRID, calibrate_mi, statement_control
-from memory_inception.tuning.calibration import calibrate
-from memory_inception.evaluation.judges import TraitJudge, load_encoder
-from memory_inception.methods.caa.method import CAA
-from memory_inception.methods.mi import MI
-from memory_inception.methods.base import Plain
-from memory_inception.methods.prompting import Prompting
-from memory_inception.methods.runners import generate
-from memory_inception.methods.runners import statement_margin
-from memory_inception.tuning.fluency import compression_ratio, distinct_n, repeated_ngram_rate
-from memory_inception.evaluation.metrics import perplexity, relevance
 from memory_inception.datasets.prompts import open_ended_prompts
 from memory_inception.datasets.traits import DESCRIPTORS, statements
+from memory_inception.evaluation.judges import TraitJudge, load_encoder
+from memory_inception.evaluation.metrics import perplexity, relevance
+from memory_inception.methods.caa.method import CAA
+from memory_inception.methods.caa.pairs import STATEMENT_PROMPT, ContrastPair
+from memory_inception.methods.interface import Plain
+from memory_inception.methods.mi import MI
+from memory_inception.methods.prompting import Prompting
+from memory_inception.methods.runners import generate, statement_margin
+from memory_inception.tuning.calibration import MULTIPLIER_GRID, RHO_GRID, calibrate, calibrate_mi, statement_control
+from memory_inception.tuning.fluency import compression_ratio, distinct_n, repeated_ngram_rate
 
 CAA_LAYERS = (6, 9, 12, 15, 18, 21, 24)
 

@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 
 import memory_inception as mi
-from memory_inception.tuning.calibration import DEFAULT_TOLERANCE as BOUND
-from memory_inception.evaluation.tasks.reasoning import sample
+from memory_inception.core.steering import Steering
+from memory_inception.datasets.reasoning_problems import hardmath_kinds, load_hardmath, load_physics, physics_subjects
 from memory_inception.evaluation.grading import grade
 from memory_inception.evaluation.heuristics import DEFAULT_AUX_GAINS, guidance, mode_messages
+from memory_inception.evaluation.tasks.reasoning import sample
+from memory_inception.methods.interface import Plain
 from memory_inception.methods.mi import MI
-from memory_inception.methods.base import Plain
 from memory_inception.methods.prompting import Prompting
 from memory_inception.methods.runners import generate
+from memory_inception.tuning.calibration import DEFAULT_TOLERANCE as BOUND
 from memory_inception.tuning.fluency import repeated_ngram_rate
-from memory_inception.datasets.reasoning_problems import hardmath_kinds, load_hardmath, load_physics, physics_subjects
-from memory_inception.core.steering import Steering
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ import torch
 
 import memory_inception as mi
 from memory_inception.core.architecture import geometry
+from memory_inception.datasets.traits import DESCRIPTORS, statements
+from memory_inception.methods.interface import Plain
 from memory_inception.methods.mi import MI
-from memory_inception.methods.base import Plain
 from memory_inception.methods.runners import statement_margin
 from memory_inception.tuning.selection import random_sites
-from memory_inception.datasets.traits import DESCRIPTORS, statements
 
 
 def main() -> None:

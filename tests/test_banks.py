@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny
 from safetensors.torch import save_file
 
 import memory_inception as mi
+from conftest import make_tiny
 from memory_inception.core.architecture import attention_modules
 
 TEXT = "you are a cheerful pirate\nbe brief and kind"

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHS, make_tiny, make_tiny_tokenizer
 
+from conftest import ARCHS, make_tiny, make_tiny_tokenizer
+from memory_inception.errors import MemoryInceptionError, SteeringError
 from memory_inception.methods import caa
 from memory_inception.methods.caa.hooks import ActivationAddition
 from memory_inception.methods.caa.pairs import ContrastPair
 from memory_inception.methods.caa.vectors import SteeringVector
-from memory_inception.errors import MemoryInceptionError, SteeringError
 
 PROMPT = torch.tensor([[20, 21, 22, 23, 24, 25, 26]])
 LAYER = 2

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 import memory_inception as mi
-from memory_inception.tuning.calibration import calibrate
-from memory_inception.tuning.calibration import search
 from memory_inception.methods.mi import MI
+from memory_inception.tuning.calibration import calibrate, search
 
 
 def test_search_maximizes_control_within_the_bound():

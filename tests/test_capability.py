@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import WORDS
 
-from memory_inception.evaluation import gsm8k_mmlu as cap
-from memory_inception.evaluation.gsm8k_mmlu import LETTERS, MathProblem, Question, accuracy, extract_number, gsm8k_correct, gsm8k_eval, gsm8k_messages, letter_token_ids, load_gsm8k, load_mmlu, mmlu_eval, mmlu_messages, mmlu_subjects
-from memory_inception.methods.caa.vectors import SteeringVector
+from conftest import WORDS
 from memory_inception.errors import EvaluationError
+from memory_inception.evaluation import gsm8k_mmlu as cap
+from memory_inception.evaluation.gsm8k_mmlu import (
+    LETTERS,
+    MathProblem,
+    Question,
+    accuracy,
+    extract_number,
+    gsm8k_correct,
+    gsm8k_eval,
+    gsm8k_messages,
+    letter_token_ids,
+    load_gsm8k,
+    load_mmlu,
+    mmlu_eval,
+    mmlu_messages,
+    mmlu_subjects,
+)
 from memory_inception.methods.caa.method import CAA
-from memory_inception.methods.base import Plain
+from memory_inception.methods.caa.vectors import SteeringVector
+from memory_inception.methods.interface import Plain
 from memory_inception.methods.prompting import Prompting
 from memory_inception.methods.runners import next_token_logprobs
 

@@ -12,12 +12,19 @@ from typer.testing import CliRunner
 
 from memory_inception.cli import app
 from memory_inception.errors import EvaluationError
-from memory_inception.evaluation import TASKS, get_task, load_config, read_records, run_task, write_report
+from memory_inception.evaluation import (
+    TASKS,
+    get_task,
+    load_config,
+    read_records,
+    run_task,
+    write_report,
+)
 from memory_inception.evaluation.analysis import control_and_drift, nanmean
 from memory_inception.evaluation.tasks.dialogue import aligned, parse_pair, variants
-from memory_inception.evaluation.tasks.personality import control_rows, summary_rows
-from memory_inception.evaluation.tasks.persistence import cut
 from memory_inception.evaluation.tasks.kv_storage import KVDims, published_dims
+from memory_inception.evaluation.tasks.persistence import cut
+from memory_inception.evaluation.tasks.personality import control_rows, summary_rows
 
 runner = CliRunner()
 

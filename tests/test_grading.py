@@ -7,10 +7,20 @@ import time
 
 import pytest
 
-from memory_inception.evaluation.grading import Grade, deadline, grade, grade_hardmath, grade_physics
-from memory_inception.evaluation.grading.timeouts import GradingTimeout
 from memory_inception.datasets.latex_spans import extract_final_answer, find_boxed
-from memory_inception.datasets.reasoning_problems import Problem, load_hardmath, load_physics
+from memory_inception.datasets.reasoning_problems import (
+    Problem,
+    load_hardmath,
+    load_physics,
+)
+from memory_inception.evaluation.grading import (
+    Grade,
+    deadline,
+    grade,
+    grade_hardmath,
+    grade_physics,
+)
+from memory_inception.evaluation.grading.timeouts import GradingTimeout
 
 
 def _physics(*answers: str) -> Problem:

@@ -6,9 +6,27 @@ import re
 
 import pytest
 
+from memory_inception.datasets.reasoning_problems import (
+    Problem,
+    hardmath_kinds,
+    load_hardmath,
+    load_physics,
+    physics_subjects,
+)
 from memory_inception.errors import EvaluationError
-from memory_inception.evaluation.heuristics import AUXILIARY, DEFAULT_AUX_GAINS, HEURISTICS, MODE_TOKENS, MODES, Guidance, classify, guidance, mode_instruction, mode_messages, route
-from memory_inception.datasets.reasoning_problems import Problem, hardmath_kinds, load_hardmath, load_physics, physics_subjects
+from memory_inception.evaluation.heuristics import (
+    AUXILIARY,
+    DEFAULT_AUX_GAINS,
+    HEURISTICS,
+    MODE_TOKENS,
+    MODES,
+    Guidance,
+    classify,
+    guidance,
+    mode_instruction,
+    mode_messages,
+    route,
+)
 
 
 def _words(text: str) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, make_tiny
 
 import memory_inception as mi
+from conftest import ARCHS, make_tiny
 from memory_inception.core.architecture import output_cache
 from memory_inception.errors import SteeringError
 

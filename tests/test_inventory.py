@@ -6,14 +6,27 @@ import collections
 
 import pytest
 import torch
-from conftest import WORDS
 
+from conftest import WORDS
+from memory_inception.datasets.traits import TRAITS
 from memory_inception.errors import EvaluationError
-from memory_inception.evaluation.inventory import LIKERT_LABELS, LIKERT_LETTERS, InventoryItem, ItemScore, item_messages, item_scores, keyed_argmax, keyed_expectation, letter_logprobs, load_inventory, option_tokens, trait_scores
-from memory_inception.methods.base import Plain
+from memory_inception.evaluation.inventory import (
+    LIKERT_LABELS,
+    LIKERT_LETTERS,
+    InventoryItem,
+    ItemScore,
+    item_messages,
+    item_scores,
+    keyed_argmax,
+    keyed_expectation,
+    letter_logprobs,
+    load_inventory,
+    option_tokens,
+    trait_scores,
+)
+from memory_inception.methods.interface import Plain
 from memory_inception.methods.prompting import Prompting
 from memory_inception.methods.runners import next_token_logprobs
-from memory_inception.datasets.traits import TRAITS
 
 
 def _tokenizer(merged: bool):

@@ -7,9 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from memory_inception.errors import EvaluationError
 from memory_inception.datasets.traits import TRAITS
-from memory_inception.evaluation.judges import TraitJudge, encoder_path, load_encoder, persona_statements, split_sentences
+from memory_inception.errors import EvaluationError
+from memory_inception.evaluation.judges import (
+    TraitJudge,
+    encoder_path,
+    load_encoder,
+    persona_statements,
+    split_sentences,
+)
 
 EXTRAVERTED = [
     "I love going to parties and meeting new people!",

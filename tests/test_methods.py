@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS
 
 import memory_inception as mi
-from memory_inception.methods.caa.hooks import ActivationAddition
-from memory_inception.methods.caa.vectors import SteeringVector
-from memory_inception.methods.caa.method import CAA
-from memory_inception.methods.mi import MI
-from memory_inception.methods.combined import Combined
-from memory_inception.methods.base import Plain
-from memory_inception.methods.prompting import Prompting
-from memory_inception.methods.runners import generate
-from memory_inception.methods.runners import next_token_logprobs, render, score, score_shared, statement_margin
+from conftest import ARCHS
 from memory_inception.core.storage import prompt_kv_bytes
+from memory_inception.methods.caa.hooks import ActivationAddition
+from memory_inception.methods.caa.method import CAA
+from memory_inception.methods.caa.vectors import SteeringVector
+from memory_inception.methods.combined import Combined
+from memory_inception.methods.interface import Plain
+from memory_inception.methods.mi import MI
+from memory_inception.methods.prompting import Prompting
+from memory_inception.methods.runners import (
+    generate,
+    next_token_logprobs,
+    render,
+    score,
+    score_shared,
+    statement_margin,
+)
 
 CONV = [{"role": "user", "content": "tell me about cats"}]
 CONVS = [CONV, [{"role": "user", "content": "how is weather today please"}]]

@@ -6,11 +6,18 @@ import math
 
 import pytest
 import torch
-from conftest import ARCHS, make_tiny, make_tiny_tokenizer
 
+from conftest import ARCHS, make_tiny, make_tiny_tokenizer
 from memory_inception.errors import EvaluationError
-from memory_inception.tuning.fluency import Fluency, compression_ratio, distinct_n, fluency, repeated_ngram_rate, words
 from memory_inception.evaluation.metrics import perplexity
+from memory_inception.tuning.fluency import (
+    Fluency,
+    compression_ratio,
+    distinct_n,
+    fluency,
+    repeated_ngram_rate,
+    words,
+)
 
 
 def test_words_lowercase_and_keep_inner_apostrophes():

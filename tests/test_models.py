@@ -16,7 +16,15 @@ import pytest
 import torch
 
 from memory_inception.errors import ModelLoadError
-from memory_inception.hf.models import CACHE_ENV_VAR, DEFAULT_MODEL, MANIFEST_NAME, available_models, cache_entry, gguf_path, load_model
+from memory_inception.hf.models import (
+    CACHE_ENV_VAR,
+    DEFAULT_MODEL,
+    MANIFEST_NAME,
+    available_models,
+    cache_entry,
+    gguf_path,
+    load_model,
+)
 
 QWEN = "qwen2.5-coder-0.5b-instruct"
 SYSTEM = "You are a pirate. Answer every question like a pirate."

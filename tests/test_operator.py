@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import ARCHS
-from reference import reference_steering
 
 import memory_inception as mi
+from conftest import ARCHS
 from memory_inception.core.architecture import geometry
-from memory_inception.core.plan import LayerPlan
 from memory_inception.core.operator import site_attention
+from memory_inception.core.plan import LayerPlan
+from reference import reference_steering
 
 TOL = 1e-4
 

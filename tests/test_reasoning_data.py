@@ -6,7 +6,14 @@ from collections import Counter
 
 import pytest
 
-from memory_inception.datasets.reasoning_problems import DataError, Problem, hardmath_kinds, load_hardmath, load_physics, physics_subjects
+from memory_inception.datasets.reasoning_problems import (
+    DataError,
+    Problem,
+    hardmath_kinds,
+    load_hardmath,
+    load_physics,
+    physics_subjects,
+)
 
 
 def test_hardmath_counts_and_kinds() -> None:

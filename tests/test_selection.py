@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS
 
 import memory_inception as mi
+from conftest import ARCHS
 from memory_inception.core.architecture import attention_modules, geometry
-from memory_inception.tuning.selection import Selection, UnitScore, choose_sites, random_sites, score_units, select_sites
+from memory_inception.tuning.selection import (
+    Selection,
+    UnitScore,
+    choose_sites,
+    random_sites,
+    score_units,
+    select_sites,
+)
 
 PROMPTS = ["tell me about cats", "how is weather today", "what do you like to eat"]
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import memory_inception as mi
+from memory_inception.methods.interface import Plain
 from memory_inception.methods.mi import MI
-from memory_inception.methods.base import Plain
 from memory_inception.methods.runners import render
 
 BANK_TEXTS = {

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import memory_inception as mi
+from conftest import MAX_NEW_TOKENS, eos_ids, transformers_generate, until_eos
 from memory_inception.methods.mi import MI
 from memory_inception.methods.runners import generate
 from memory_inception.vllm import BankUse, RequestSteering
-
-from conftest import MAX_NEW_TOKENS, eos_ids, transformers_generate, until_eos
 
 PROMPTS = [
     "How do I make tea?",

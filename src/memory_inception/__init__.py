@@ -31,12 +31,12 @@ from memory_inception.hf.inject import Injection, inject
 from memory_inception.hf.models import available_models, load_model
 from memory_inception.hf.scoring import continuation_logprobs
 from memory_inception.hf.session import Session
-from memory_inception.methods.base import Cost, Method, Plain
 from memory_inception.methods.caa.hooks import ActivationAddition
 from memory_inception.methods.caa.method import CAA
 from memory_inception.methods.caa.pairs import ContrastPair, ab_pairs, statement_pairs
 from memory_inception.methods.caa.vectors import SteeringVector, build_steering_vector
 from memory_inception.methods.combined import Combined
+from memory_inception.methods.interface import Cost, Method, Plain
 from memory_inception.methods.mi import MI
 from memory_inception.methods.prompting import Prompting
 from memory_inception.methods.runners import generate, score, statement_margin

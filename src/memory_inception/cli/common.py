@@ -73,7 +73,7 @@ def sites_from(model, layers: list[int] | None, sites_file: Path | None) -> Site
 
 def reply(model, tok, prompt: str, steering: Steering | None, max_new_tokens: int, system: str | None = None) -> str:
     """The greedy reply to one user `prompt` (after an optional visible `system` message), steered by `steering`."""
-    from memory_inception.methods.base import Plain
+    from memory_inception.methods.interface import Plain
     from memory_inception.methods.mi import MI
     from memory_inception.methods.runners import generate
 

@@ -19,10 +19,10 @@ from memory_inception.core.steering import Steering
 from memory_inception.datasets.traits import DESCRIPTORS, statements
 from memory_inception.errors import EvaluationError
 from memory_inception.evaluation.config import EvalConfig, parse_persona
-from memory_inception.methods.base import Method, Plain
 from memory_inception.methods.caa.method import CAA
 from memory_inception.methods.caa.pairs import STATEMENT_PROMPT, ContrastPair
 from memory_inception.methods.caa.vectors import SteeringVector, build_steering_vector
+from memory_inception.methods.interface import Method, Plain
 from memory_inception.methods.mi import MI
 from memory_inception.methods.prompting import Prompting
 

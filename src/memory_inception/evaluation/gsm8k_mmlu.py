@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from memory_inception.errors import EvaluationError
-from memory_inception.methods.base import Method
+from memory_inception.methods.interface import Method
 from memory_inception.methods.runners import generate, next_token_logprobs
 
 __all__ = [

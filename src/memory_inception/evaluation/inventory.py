@@ -22,7 +22,7 @@ from torch import nn
 
 from memory_inception.datasets.traits import TRAITS
 from memory_inception.errors import EvaluationError
-from memory_inception.methods.base import Method
+from memory_inception.methods.interface import Method
 from memory_inception.methods.runners import next_token_logprobs
 
 LIKERT_LETTERS = ("A", "B", "C", "D", "E")

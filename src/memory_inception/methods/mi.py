@@ -13,7 +13,7 @@ from memory_inception.core.architecture import geometry
 from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering
 from memory_inception.hf.inject import inject
-from memory_inception.methods.base import Cost, Method
+from memory_inception.methods.interface import Cost, Method
 
 
 @dataclass(repr=False)

@@ -10,7 +10,7 @@ from torch import nn
 from memory_inception.core.banks import Bank
 from memory_inception.core.storage import prompt_kv_bytes
 from memory_inception.errors import SteeringError
-from memory_inception.methods.base import Cost, Messages, Method
+from memory_inception.methods.interface import Cost, Messages, Method
 
 
 @dataclass(repr=False)

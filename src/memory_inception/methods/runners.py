@@ -18,7 +18,7 @@ from memory_inception.errors import SteeringError
 from memory_inception.hf.inject import STEER_MASK_KWARG
 from memory_inception.hf.scoring import next_token_batch, score_batch
 from memory_inception.hf.text import decode_reply, generate_batch, render_prompt
-from memory_inception.methods.base import Messages, Method
+from memory_inception.methods.interface import Messages, Method
 
 # The question persona statements answer in `statement_margin` (the statement is the assistant's reply).
 ASK = "Tell me something about yourself, in one sentence."

@@ -19,7 +19,7 @@ from torch import nn
 
 from memory_inception.core.steering import Steering
 from memory_inception.errors import SteeringError
-from memory_inception.methods.base import Messages, Method, Plain
+from memory_inception.methods.interface import Messages, Method, Plain
 from memory_inception.methods.mi import MI
 from memory_inception.methods.runners import generate, statement_margin
 from memory_inception.tuning.fluency import (

@@ -30,7 +30,7 @@ from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering
 from memory_inception.errors import SiteError
 from memory_inception.hf.inject import inject
-from memory_inception.methods.base import Messages, Plain
+from memory_inception.methods.interface import Messages, Plain
 from memory_inception.methods.runners import generate
 
 # Neutral calibration prompts: everyday questions that leave room for a persona or a style to show.

@@ -58,7 +58,13 @@ def steered_prompt(token_ids: Sequence[int], steering: RequestSteering | None = 
 
 def checkpoint_dir(model: str | Path | None) -> Path:
     """The transformers checkpoint directory vLLM loads: the core's converted GGUF entry, or a directory."""
-    from memory_inception.hf.models import DEFAULT_MODEL, available_models, cache_entry, gguf_path, load_model
+    from memory_inception.hf.models import (
+        DEFAULT_MODEL,
+        available_models,
+        cache_entry,
+        gguf_path,
+        load_model,
+    )
 
     name = DEFAULT_MODEL if model is None else str(model)
     if name.lower() in available_models():

@@ -44,7 +44,7 @@ class Capability(Task):
                                 "stop": min(size, start + CHUNK)})
 
     def run(self, ctx: Context, unit: Unit) -> dict[str, Any]:
-        from memory_inception.evaluation import gsm8k_mmlu as cap
+        import memory_inception.evaluation.gsm8k_mmlu as cap
 
         opts = self.options(ctx.cfg)
         f = unit.fields

@@ -18,7 +18,7 @@ from memory_inception.errors import EvaluationError
 from memory_inception.evaluation.analysis import fmt, lines, nanmean, table
 from memory_inception.evaluation.base import Context, Task, Unit, eval_statements
 from memory_inception.evaluation.config import EvalConfig, parse_persona
-from memory_inception.methods.base import Method, Plain
+from memory_inception.methods.interface import Method, Plain
 from memory_inception.methods.prompting import Prompting
 from memory_inception.methods.runners import ASK, generate, render, score_shared
 

@@ -16,7 +16,7 @@ from memory_inception.evaluation.analysis import fmt, lines, nanmean, table
 from memory_inception.evaluation.base import Context, Task, Unit, eval_statements
 from memory_inception.evaluation.config import EvalConfig, parse_persona
 from memory_inception.evaluation.runner import read_records, records_path
-from memory_inception.methods.base import Plain
+from memory_inception.methods.interface import Plain
 from memory_inception.methods.runners import ASK, generate, render, score_shared
 
 PROBE = "Describe how you like to spend a free evening."

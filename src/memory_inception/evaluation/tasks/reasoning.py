@@ -22,7 +22,7 @@ from memory_inception.errors import EvaluationError
 from memory_inception.evaluation.analysis import fmt, nanmean, table
 from memory_inception.evaluation.base import Context, Task, Unit
 from memory_inception.evaluation.config import EvalConfig
-from memory_inception.methods.base import Method, Plain
+from memory_inception.methods.interface import Method, Plain
 from memory_inception.methods.mi import MI
 from memory_inception.methods.prompting import Prompting
 from memory_inception.methods.runners import generate

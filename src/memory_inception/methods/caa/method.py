@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from memory_inception.methods.base import Cost, Method
 from memory_inception.methods.caa.hooks import ActivationAddition
 from memory_inception.methods.caa.vectors import SteeringVector
+from memory_inception.methods.interface import Cost, Method
 
 
 @dataclass(repr=False)
