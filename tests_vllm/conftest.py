@@ -6,10 +6,15 @@ this directory.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import pytest
+# vLLM's usage telemetry off in every engine these tests start (also set by `make test-vllm`)
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import pytest  # noqa: E402
 import torch
 
 import memory_inception as mi
