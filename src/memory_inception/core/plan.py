@@ -10,8 +10,6 @@ from typing import Callable
 import torch
 
 from memory_inception.core.architecture import ModelGeometry, apply_rope
-from memory_inception.core.defaults import model_defaults
-from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering, layer_strengths
 from memory_inception.errors import SteeringError
 
@@ -91,9 +89,7 @@ def plan_layers(
     st = steering
     if not st.banks:
         return {}
-    defaults = model_defaults(geo, fingerprint=fingerprint)
-    sites = st.sites if st.sites is not None else Sites({layer: None for layer in defaults.layers})
-    rho = st.rho if st.rho is not None else defaults.rho
+    sites, rho = st.resolved(geo, fingerprint)
     heads_per_layer = sites.resolve(geo)
     if not heads_per_layer:
         return {}

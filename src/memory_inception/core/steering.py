@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from memory_inception.core.architecture import ModelGeometry
 from memory_inception.core.banks import Bank
+from memory_inception.core.defaults import model_defaults
 from memory_inception.core.sites import Sites
 from memory_inception.errors import SteeringError
 
@@ -22,8 +24,8 @@ SCHEDULES = ("flat", "middle_heavy", "late_heavy", "early_heavy", "rank_linear",
 class Steering:
     """What to inject: banks by role, where (sites), how strongly, and which positions.
 
-    `auxiliary` is a sequence of `(bank, gain)`. `sites=None` and `rho=None` take the model's defaults
-    (`core.defaults`: measured for the local models, a rule for others), resolved when the steering is planned.
+    `auxiliary` is a sequence of `(bank, gain)`. `sites=None` and `rho=None` take the target bank's tuned settings
+    when it has them, else the model's defaults (`core.defaults`), resolved when the steering is planned.
     """
 
     target: Bank | None = None
@@ -77,6 +79,25 @@ class Steering:
             out.append(("reference", self.reference))
         out += [("auxiliary", bank) for bank, _ in self.auxiliary]
         return out
+
+    def resolved(self, geo: ModelGeometry, fingerprint: str | None = None) -> tuple[Sites, float]:
+        """The sites and total strength this steering uses on a model: its own, else the target bank's tuned ones
+        (`mi.tune`, stored in the bank file), else the model's defaults (`core.defaults`)."""
+        tuned = (self.target.options.get("tuned") or {}) if self.target is not None else {}
+        defaults = model_defaults(geo, fingerprint=fingerprint)
+        if self.sites is not None:
+            sites = self.sites
+        elif tuned.get("sites") is not None:
+            sites = Sites({int(k): v for k, v in tuned["sites"].items()})
+        else:
+            sites = Sites({layer: None for layer in defaults.layers})
+        if self.rho is not None:
+            rho = self.rho
+        elif tuned.get("rho") is not None:
+            rho = float(tuned["rho"])
+        else:
+            rho = defaults.rho
+        return sites, rho
 
     @property
     def gated(self) -> bool:

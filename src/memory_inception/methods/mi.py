@@ -9,8 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from memory_inception.core.architecture import geometry
-from memory_inception.core.sites import Sites
+from memory_inception.core.architecture import geometry, model_fingerprint
 from memory_inception.core.steering import Steering
 from memory_inception.hf.inject import inject
 from memory_inception.methods.interface import Cost, Method
@@ -35,6 +34,6 @@ class MI(Method):
     def cost(self, model: nn.Module, tokenizer: Any) -> Cost:
         """Bank bytes kept at the sites: the site layers and, per layer, the KV groups the site heads read."""
         geo = geometry(model)
-        sites = self.steering.sites if self.steering.sites is not None else Sites.default(model)
+        sites, _ = self.steering.resolved(geo, model_fingerprint(model))
         stored = sum(bank.for_sites(sites, geo).nbytes for _, bank in self.steering.banks)
         return Cost(stored_bytes=stored)
