@@ -13,14 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from servers import RunningServer
-
-from memory_inception.serving.app import _TokenQueue, create_app
-from memory_inception.vllm import BankUse, RequestSteering
-from memory_inception.vllm.bankdir import INLINE_DIR, InlineBankStore, inline_name
-from memory_inception.serving.vllm_engine import VLLMService
 
 from conftest import BANK_TEXTS, MAX_NEW_TOKENS
+from memory_inception.serving.app import create_app
+from memory_inception.serving.streaming import TokenQueue
+from memory_inception.serving.vllm_engine import VLLMEngine
+from memory_inception.vllm import BankUse, RequestSteering
+from memory_inception.vllm.bankdir import INLINE_DIR, InlineBankStore, inline_name
+from servers import RunningServer
 
 MODEL_ID = "smollm2-135m-instruct"
 LIMITS = dict(model_id=MODEL_ID, max_tokens_limit=64, max_sessions=3)
@@ -44,8 +44,8 @@ def conv(text: str) -> list[dict[str, str]]:
 def apps(hf, bank_dir, engine):
     model, tokenizer = hf
     return {
-        "vllm": create_app(model, tokenizer, bank_dir=bank_dir, service_class=VLLMService,
-                           service_options={"engine": engine, "inline_bank_files": 2}, **LIMITS),
+        "vllm": create_app(model, tokenizer, bank_dir=bank_dir,
+                           engine=VLLMEngine(model, bank_dir=bank_dir, engine=engine, inline_bank_files=2), **LIMITS),
         "transformers": create_app(model, tokenizer, bank_dir=bank_dir, **LIMITS),
         "rebuilt": create_app(model, tokenizer, bank_dir=bank_dir, session_cache_bytes=1, **LIMITS),
     }
@@ -127,7 +127,7 @@ def test_a_cancelled_generation_is_aborted_and_the_engine_serves_on(apps, client
     service = apps["vllm"].state.service
     cancel = threading.Event()
 
-    class CancelAfterFirstToken(_TokenQueue):
+    class CancelAfterFirstToken(TokenQueue):
         def put(self, value) -> None:
             super().put(value)
             if self.tokens:

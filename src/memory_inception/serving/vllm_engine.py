@@ -1,11 +1,11 @@
-"""`mi serve --engine vllm`: the transformers server's API and `memory` extension, generating with vLLM.
+"""`mi serve --engine vllm`: the server's API and `memory` extension, generating with one vLLM engine.
 
-`VLLMService` is the server's `Service` with generation handed to one vLLM engine, stepped by a background
-thread (`EngineDriver`), so concurrent HTTP requests share its continuous batches. The transformers model still
-builds banks: named ones (`POST /v1/banks`) and inline `text` ones, which are written as content-addressed files
-under the bank directory's hidden `.inline/` for the worker (`bankdir.InlineBankStore`). Sessions keep their
-transcript and memory here and send the whole conversation every turn; vLLM's prefix cache (not a per-session
-KV cache) serves what it can, and steered turns, salted, recompute (docs/vllm.md).
+`VLLMEngine` is an `Engine` (protocol.py): requests run on one vLLM engine stepped by a background thread
+(`EngineDriver`), so concurrent HTTP requests share its continuous batches. The transformers model still builds
+banks: named ones (`POST /v1/banks`) and inline `text` ones, which are written as content-addressed files under
+the bank directory's hidden `.inline/` for the worker (`bankdir.InlineBankStore`). Sessions keep their transcript
+and memory in the service and send the whole conversation every turn; vLLM's prefix cache (not a per-session KV
+cache) serves what it can, and steered turns, salted, recompute (docs/vllm.md).
 """
 
 from __future__ import annotations
@@ -14,16 +14,21 @@ import logging
 import queue
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from memory_inception.core.banks import Bank
 from memory_inception.core.sites import Sites
-from memory_inception.serving.app import MemorySpec, Service, _SessionState, _TokenQueue
+from memory_inception.serving.bank_store import BankStore
+from memory_inception.serving.schemas import MemorySpec
+from memory_inception.serving.session_store import SessionState
+from memory_inception.serving.streaming import TokenQueue
 from memory_inception.vllm.bankdir import InlineBankStore, inline_name
 from memory_inception.vllm.engine import MIEngine, steered_prompt, steering_params
 from memory_inception.vllm.spec import BankUse, RequestSteering
@@ -135,11 +140,11 @@ class EngineDriver:
 
 @dataclass(frozen=True)
 class InlineBank:
-    """An inline (`text`) bank of a request: its content-addressed name in the bank directory and its source."""
+    """An inline (`text`) bank of a request: its content-addressed name in the bank directory, and how to build it
+    (again, if its file was evicted)."""
 
     name: str
-    text: str
-    layers: tuple[int, ...]
+    build: Callable[[], Bank]
 
 
 @dataclass(frozen=True)
@@ -151,41 +156,50 @@ class ServedSteering:
     inline: tuple[InlineBank, ...] = ()
 
 
-class VLLMService(Service):
-    """The server's `Service` generating with vLLM: banks by name from the bank directory, inline banks as files
-    in its `.inline/`, sessions as whole conversations sent every turn."""
+def served_steering(memory: MemorySpec, banks: BankStore, *, default_layers: Sequence[int],
+                    fingerprint: str) -> ServedSteering:
+    """The `RequestSteering` a `memory` object asks for, banks by name (the worker's `resolve` maps roles to
+    steering with `steering_from_roles`, as the transformers engine does).
 
-    def __init__(self, model: Any, tokenizer: Any, *, model_name: str | None = None, engine: MIEngine | None = None,
-                 inline_bank_files: int = INLINE_BANK_FILES, inline_bank_bytes: int = INLINE_BANK_BYTES,
-                 **options: Any) -> None:
-        super().__init__(model, tokenizer, **options)
-        self.engine = engine if engine is not None else MIEngine(model_name, bank_dir=self.bank_dir)
+    Named banks are loaded now (404 for an unknown bank, 400 for a foreign one); inline banks are named by
+    content (`inline_name`) and built, as the transformers engine builds them (the same cache), when their files
+    are written. They are built for the memory's layers, else `default_layers`.
+    """
+    layers = tuple(memory.layers) if memory.layers else tuple(default_layers)
+    uses, inline = [], []
+    for ref in memory.banks:
+        if ref.name is not None:
+            banks.load(ref.name)
+            name = ref.name
+        else:
+            name = inline_name(ref.text, layers, fingerprint)
+            inline.append(InlineBank(name, partial(banks.text_bank, ref.text, list(layers))))
+        uses.append(BankUse(name, ref.role, ref.gain))
+    request = RequestSteering(banks=tuple(uses), rho=memory.rho,
+                              layers=tuple(memory.layers) if memory.layers else None)
+    return ServedSteering(request, tuple(inline))
+
+
+class VLLMEngine:
+    """Generates with vLLM: banks by name from the bank directory, inline banks as files in its `.inline/`,
+    sessions as whole conversations sent every turn (no model lock: vLLM batches requests itself)."""
+
+    def __init__(self, model: Any, *, bank_dir: str | Path, model_name: str | None = None,
+                 engine: MIEngine | None = None, inline_bank_files: int = INLINE_BANK_FILES,
+                 inline_bank_bytes: int = INLINE_BANK_BYTES) -> None:
+        self.engine = engine if engine is not None else MIEngine(model_name, bank_dir=bank_dir)
         self.driver = EngineDriver(self.engine.llm.llm_engine)
-        self.inline_banks = InlineBankStore(self.bank_dir, max_files=inline_bank_files, max_bytes=inline_bank_bytes)
+        self.inline_banks = InlineBankStore(bank_dir, max_files=inline_bank_files, max_bytes=inline_bank_bytes)
+        self.default_layers = Sites.default(model).layers
         engine_context = int(self.engine.llm.llm_engine.model_config.max_model_len)
-        self.max_positions = min(self.max_positions, engine_context) if self.max_positions else engine_context
+        model_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.context_length = min(model_context, engine_context) if model_context else engine_context
 
     # ---- steering -----------------------------------------------------------------------------------
-    def steering(self, memory: MemorySpec | None) -> ServedSteering | None:
-        """The request's steering (None without banks), checked now so a bad one is a 400."""
-        if memory is None or not memory.banks:
-            return None
-        self._check_layers(memory.layers)
-        layers = tuple(memory.layers) if memory.layers else tuple(Sites.default(self.model).layers)
-        uses, inline = [], []
-        for ref in memory.banks:
-            if ref.name is not None:
-                self.load_bank(ref.name)  # 404 for an unknown bank, 400 for a foreign one
-                name = ref.name
-            else:  # built as the transformers engine builds it (same cache), stored for the worker
-                bank = InlineBank(inline_name(ref.text, layers, self.engine.checkpoint.fingerprint), ref.text, layers)
-                inline.append(bank)
-                name = bank.name
-            uses.append(BankUse(name, ref.role, ref.gain))
-        steering = ServedSteering(
-            RequestSteering(banks=tuple(uses), rho=memory.rho, layers=tuple(memory.layers) if memory.layers else None),
-            tuple(inline),
-        )
+    def steering(self, memory: MemorySpec, banks: BankStore) -> ServedSteering:
+        """The request's steering, checked now (with its inline files on disk) so a bad one is a 400."""
+        steering = served_steering(memory, banks, default_layers=self.default_layers,
+                                   fingerprint=self.engine.checkpoint.fingerprint)
         with self._inline_on_disk(steering):
             self.engine.check(steering.request)
         return steering
@@ -194,17 +208,17 @@ class VLLMService(Service):
     def _inline_on_disk(self, steering: ServedSteering | None) -> Iterator[None]:
         """Keep `steering`'s inline bank files on disk (rewriting evicted ones) for the block."""
         banks = steering.inline if steering is not None else ()
-        with self.inline_banks.pinned([(b.name, partial(self._text_bank, b.text, list(b.layers))) for b in banks]):
+        with self.inline_banks.pinned([(b.name, b.build) for b in banks]):
             yield
 
     # ---- generation ---------------------------------------------------------------------------------
     def generate(self, ids: list[int], steering: ServedSteering | None, options: dict[str, Any], seed: int | None,
-                 stops: list[str] | None, streamer: _TokenQueue, cancel: threading.Event | None = None) -> None:
+                 stops: list[str] | None, streamer: TokenQueue, cancel: threading.Event | None = None) -> None:
         """One generation in the shared vLLM batch; tokens arrive through `streamer` (no model lock held)."""
-        self._generate(ids, steering, options, seed, stops, streamer, cancel)
+        self._run(ids, steering, options, seed, stops, streamer, cancel)
 
-    def _generate(self, ids: list[int], steering: ServedSteering | None, options: dict[str, Any], seed: int | None,
-                  stops: list[str] | None, streamer: _TokenQueue, cancel: threading.Event | None = None) -> int:
+    def _run(self, ids: list[int], steering: ServedSteering | None, options: dict[str, Any], seed: int | None,
+             stops: list[str] | None, streamer: TokenQueue, cancel: threading.Event | None = None) -> int:
         """`generate`, returning vLLM's prefix-cache hit count for the prompt."""
         request = steering.request if steering is not None else None
         sampled = options.get("do_sample", False)
@@ -218,12 +232,15 @@ class VLLMService(Service):
                                    cancel)
 
     # ---- sessions -----------------------------------------------------------------------------------
-    def _session_state(self) -> None:
+    def open_session(self, session_id: str) -> None:
         """No per-session cache: vLLM's prefix cache is shared by every request."""
         return None
 
-    def _session_generate(self, state: _SessionState, ids: list[int], options: dict[str, Any], seed: int | None,
-                          stops: list[str] | None) -> tuple[list[int], dict[str, Any]]:
+    def close_session(self, cache: None) -> None:
+        pass
+
+    def session_generate(self, state: SessionState, ids: list[int], options: dict[str, Any], seed: int | None,
+                         stops: list[str] | None) -> tuple[list[int], dict[str, Any]]:
         """The reply to the whole conversation `ids`, steered with the session's current memory.
 
         The report uses the transformers engine's words: "reused" when vLLM's prefix cache served part of the
@@ -231,8 +248,8 @@ class VLLMService(Service):
         session's first turn and "rebuilt" on later ones (the conversation recomputed: steered prompts are salted,
         plain ones may have lost their blocks). `cache_tokens` is 0: the session holds no cache of its own.
         """
-        streamer = _TokenQueue()
-        cached = self._generate(ids, state.steering, options, seed, stops, streamer)
+        streamer = TokenQueue()
+        cached = self._run(ids, state.steering, options, seed, stops, streamer)
         if cached > 0:
             cache_state = "reused"
         elif any(m["role"] == "assistant" for m in state.messages):
@@ -241,5 +258,5 @@ class VLLMService(Service):
             cache_state = "new"
         return streamer.tokens, {"cache": cache_state, "cache_reused_tokens": cached, "cache_tokens": 0}
 
-    def _session_cache_view(self, state: _SessionState) -> dict[str, Any]:
+    def session_cache_view(self, state: SessionState) -> dict[str, Any]:
         return {"tokens": 0, "bytes": 0, "evicted": False}

@@ -1,0 +1,155 @@
+"""The transformers engine: generation on the shared model under its lock, steering planned once per request
+(an `Injection`), and per-session KV caches within a byte budget (least recently used evicted)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteriaList
+
+from memory_inception.core.sites import Sites
+from memory_inception.core.steering import Steering, steering_from_roles
+from memory_inception.hf.inject import Injection, inject
+from memory_inception.hf.session import Session, common_prefix
+from memory_inception.hf.text import generate_batch
+from memory_inception.serving.bank_store import BankStore
+from memory_inception.serving.locks import model_lock
+from memory_inception.serving.schemas import MemorySpec
+from memory_inception.serving.session_store import SessionState
+from memory_inception.serving.streaming import StopOn, TokenQueue
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SESSION_CACHE_BYTES = 512 << 20  # 512 MiB of session KV caches
+
+
+def memory_steering(memory: MemorySpec, banks: BankStore, *, default_layers: Sequence[int]) -> Steering:
+    """The core `Steering` a `memory` object asks for: its banks by role through `steering_from_roles`.
+
+    Named banks come from `banks`; inline `text` banks are built for the memory's layers, else `default_layers`
+    (the model's default sites, which planning also uses for `sites=None`). `rho=None` is the model's default.
+    """
+    layers = list(memory.layers) if memory.layers else list(default_layers)
+    roles = [(ref.role, banks.load(ref.name) if ref.name is not None else banks.text_bank(ref.text, layers), ref.gain)
+             for ref in memory.banks]
+    sites = Sites({layer: None for layer in memory.layers}) if memory.layers else None
+    return steering_from_roles(roles, sites=sites, rho=memory.rho)
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes of the keys and values a KV cache holds."""
+    total = 0
+    for layer in getattr(cache, "layers", None) or []:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+@dataclass(eq=False)
+class CachedSession:
+    """A session's state on this engine: its id, its `Session` (the KV cache; the service keeps the transcript),
+    whether the cache was evicted since its last turn, and when it was last used (for the LRU budget)."""
+
+    session_id: str
+    session: Session
+    evicted: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class HFEngine:
+    """Generates with the transformers `model`, one request at a time (`locks.model_lock`)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, session_cache_bytes: int = DEFAULT_SESSION_CACHE_BYTES):
+        self.model, self.tokenizer = model, tokenizer
+        self.session_cache_bytes = session_cache_bytes
+        self.lock = model_lock(model)
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.default_layers = Sites.default(model).layers
+        self._caches_lock = threading.Lock()  # guards `_caches` (never held while the model runs)
+        self._caches: set[CachedSession] = set()
+
+    # ---- steering -----------------------------------------------------------------------------------
+    def steering(self, memory: MemorySpec, banks: BankStore) -> Injection:
+        """The planned injection for `memory`: planning now makes a bad layer or a foreign bank a 400 before
+        generation, and generation enters this same `Injection` (`inject` takes it as it is)."""
+        return Injection(self.model, memory_steering(memory, banks, default_layers=self.default_layers))
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def generate(self, ids: list[int], steering: Injection | None, options: dict[str, Any], seed: int | None,
+                 stops: list[str] | None, streamer: TokenQueue, cancel: threading.Event | None = None) -> None:
+        """Run one generation under the model lock; tokens arrive through `streamer`."""
+        criteria = StoppingCriteriaList([StopOn(self.tokenizer, len(ids), stops, cancel)])
+        with self.lock:
+            if seed is not None:
+                torch.manual_seed(seed)
+            with inject(self.model, steering):
+                generate_batch(self.model, self.tokenizer, [ids], streamer=streamer, stopping_criteria=criteria,
+                               **options)
+
+    # ---- sessions: their KV caches -------------------------------------------------------------------
+    def open_session(self, session_id: str) -> CachedSession:
+        """A session's own KV cache (a `Session`; the service keeps the transcript and steering)."""
+        cached = CachedSession(session_id, Session(self.model, self.tokenizer))
+        with self._caches_lock:
+            self._caches.add(cached)
+        return cached
+
+    def close_session(self, cache: CachedSession) -> None:
+        with self._caches_lock:
+            self._caches.discard(cache)
+
+    def session_generate(self, state: SessionState, ids: list[int], options: dict[str, Any], seed: int | None,
+                         stops: list[str] | None) -> tuple[list[int], dict[str, Any]]:
+        """The reply's token ids, from the session's cache, and the turn's cache report:
+        `cache` is "new" (empty cache), "reused" (its common prefix with the prompt kept) or "rebuilt" (the
+        cache had been evicted), with `cache_reused_tokens` and `cache_tokens` (its length after the turn)."""
+        cached: CachedSession = state.cache
+        session = cached.session
+        cached.last_used = time.monotonic()  # the most recent session while the cache budget is enforced
+        with self.lock:
+            if cached.evicted:
+                cache_state = "rebuilt"
+            elif session.cache.get_seq_length() == 0:
+                cache_state = "new"
+            else:
+                cache_state = "reused"
+            reused = min(common_prefix(ids, session.cache_ids), len(ids) - 1)
+            if seed is not None:
+                torch.manual_seed(seed)
+            criteria = StoppingCriteriaList([StopOn(self.tokenizer, len(ids), stops, None)])
+            session.steering = state.steering  # the current guidance, planned when it was set (a PATCH changes it)
+            tokens = session.generate(ids, stopping_criteria=criteria, **options)
+            cached.evicted = False
+            length = session.cache.get_seq_length()
+            self._enforce_budget()
+        return tokens, {"cache": cache_state, "cache_reused_tokens": reused if cache_state == "reused" else 0,
+                        "cache_tokens": length}
+
+    def _enforce_budget(self) -> None:
+        """Drop least-recently-used session caches (transcripts stay) until the total fits the budget."""
+        with self._caches_lock:
+            caches = sorted(self._caches, key=lambda c: c.last_used)
+        total = sum(cache_bytes(c.session.cache) for c in caches)
+        for cached in caches:
+            if total <= self.session_cache_bytes:
+                break
+            size = cache_bytes(cached.session.cache)
+            if size == 0:
+                continue
+            cached.session.reset()  # an empty cache (the server's sessions keep no transcript in `Session`)
+            cached.evicted = True
+            total -= size
+            logger.info("evicted the KV cache of session %s (%d bytes; budget %d)", cached.session_id, size,
+                        self.session_cache_bytes)
+
+    def session_cache_view(self, state: SessionState) -> dict[str, Any]:
+        cached: CachedSession = state.cache
+        cache = cached.session.cache
+        return {"tokens": cache.get_seq_length(), "bytes": cache_bytes(cache), "evicted": cached.evicted}
