@@ -5,13 +5,23 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 
 import httpx
 import openai
 import pytest
-from servers import PIRATE, RunningServer
+import torch
 
+from memory_inception.core.architecture import model_fingerprint
+from memory_inception.core.sites import Sites
+from memory_inception.core.steering import Steering
+from memory_inception.hf.inject import Injection, inject
 from memory_inception.serving.app import create_app
+from memory_inception.serving.schemas import MemorySpec
+from memory_inception.serving.vllm_engine import served_steering
+from memory_inception.vllm.bankdir import BankDirectory
+from memory_inception.vllm.spec import BankUse, RequestSteering
+from servers import PIRATE, RunningServer
 
 pytestmark = pytest.mark.real_model
 
@@ -324,3 +334,89 @@ def test_json_without_a_json_content_type_is_accepted(http):
     assert r.status_code == 200, r.text
     err = _error(http.post("/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}), 400)
     assert "JSON" in err["message"]
+
+
+# ---------------------------------------------------------------------------- one mapping, one plan
+
+
+def _same_bank(a, b):
+    assert (a.name, a.text, a.token_ids, a.fingerprint, a.num_kv_heads, a.head_dim, a.layers) == (
+        b.name, b.text, b.token_ids, b.fingerprint, b.num_kv_heads, b.head_dim, b.layers)
+    for layer in a.layers:
+        assert torch.equal(a.keys(layer), b.keys(layer)) and torch.equal(a.values(layer), b.values(layer))
+
+
+def _same_steering(a, b):
+    """Field by field (Banks hold tensors, so never `==` on the whole Steering)."""
+    assert [role for role, _ in a.banks] == [role for role, _ in b.banks]
+    for f in fields(Steering):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name in ("target", "reference"):
+            assert (x is None) == (y is None), f.name
+            if x is not None:
+                _same_bank(x, y)
+        elif f.name == "auxiliary":
+            assert [gain for _, gain in x] == [gain for _, gain in y]
+            for (bank_x, _), (bank_y, _) in zip(x, y, strict=True):
+                _same_bank(bank_x, bank_y)
+        else:
+            assert x == y, (f.name, x, y)
+
+
+def test_both_engines_map_a_memory_spec_to_the_same_steering(model_and_tok, tmp_path):
+    """The transformers engine's Steering and the vLLM engine's RequestSteering, resolved from the bank directory
+    as the vLLM worker resolves it, agree field by field: one mapping from bank roles and gains to steering."""
+    model, tok = model_and_tok
+    service = create_app(model, tok, bank_dir=tmp_path, model_id=MODEL_ID).state.service
+    texts = {"pirate-eq": PIRATE, "formal-eq": "You are a formal professor who speaks in long sentences.",
+             "terse-eq": "Answer in as few words as you can."}
+    for name, text in texts.items():
+        service.banks.create(name, text, list(range(21, 27)))
+    fingerprint = model_fingerprint(model)
+    banks = [{"name": "pirate-eq", "role": "target", "gain": 1.5}, {"name": "formal-eq", "role": "reference",
+             "gain": 0.5}, {"name": "terse-eq", "role": "auxiliary", "gain": -2.0}]
+    uses = (BankUse("pirate-eq", "target", 1.5), BankUse("formal-eq", "reference", 0.5),
+            BankUse("terse-eq", "auxiliary", -2.0))
+    for memory, request in [
+        (MemorySpec(banks=banks, layers="21-23", rho=4.0), RequestSteering(banks=uses, rho=4.0, layers=(21, 22, 23))),
+        (MemorySpec(banks=banks), RequestSteering(banks=uses)),  # the model's default sites and rho
+    ]:
+        injection = service.steering(memory)  # the transformers engine plans it here, once
+        assert isinstance(injection, Injection) and inject(model, injection) is injection
+        mine = injection.steering
+        served = served_steering(memory, service.banks, default_layers=service.engine.default_layers,
+                                 fingerprint=fingerprint)
+        assert served.request == request and served.inline == ()
+        _same_steering(mine, request.resolve(BankDirectory(tmp_path), fingerprint))
+    assert (mine.positive_gain, mine.negative_gain, [g for _, g in mine.auxiliary]) == (1.5, 0.5, [-2.0])
+    assert mine.sites is None and mine.rho is None  # defaults resolved when planned, as on the vLLM worker
+    first = service.steering(MemorySpec(banks=banks, layers="21-23", rho=4.0)).steering
+    assert first.sites == Sites({21: None, 22: None, 23: None}) and first.rho == 4.0
+
+
+def test_a_steered_request_is_planned_once(model_and_tok, tmp_path, monkeypatch):
+    """Validating a request plans its injection; generation enters that one (a session's, every turn)."""
+    from fastapi.testclient import TestClient
+
+    import memory_inception.hf.inject as hf_inject
+
+    planned = []
+    plan_layers = hf_inject.plan_layers
+    monkeypatch.setattr(hf_inject, "plan_layers", lambda *a, **kw: planned.append(1) or plan_layers(*a, **kw))
+    model, tok = model_and_tok
+    memory = {"banks": [{"text": PIRATE}], "layers": "21-26", "rho": 3}
+    body = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 3, "temperature": 0, "memory": memory}
+    with TestClient(create_app(model, tok, bank_dir=tmp_path, model_id=MODEL_ID)) as c:
+        assert c.post("/v1/chat/completions", json=body).status_code == 200
+        assert len(planned) == 1
+        assert c.post("/v1/chat/completions", json={**body, "stream": True}).status_code == 200
+        assert len(planned) == 2
+        sid = c.post("/v1/sessions", json={"memory": memory}).json()["id"]
+        assert len(planned) == 3
+        for content in ("Hello!", "And now?"):
+            turn = c.post(f"/v1/sessions/{sid}/messages", json={"content": content, "max_tokens": 3, "temperature": 0})
+            assert turn.status_code == 200, turn.text
+        assert len(planned) == 3
+        assert c.patch(f"/v1/sessions/{sid}", json={"memory": {**memory, "rho": 5}}).status_code == 200
+        assert c.post(f"/v1/sessions/{sid}/messages", json={"content": "Hi", "max_tokens": 3}).status_code == 200
+        assert len(planned) == 4
