@@ -19,7 +19,7 @@ from memory_inception.hf.inject import Injection, inject
 from memory_inception.serving.app import create_app
 from memory_inception.serving.schemas import MemorySpec
 from memory_inception.serving.vllm_engine import served_steering
-from memory_inception.vllm.bankdir import BankDirectory
+from memory_inception.vllm.bankdir import BankDirectory, InlineBankStore, inline_name
 from memory_inception.vllm.spec import BankUse, RequestSteering
 from servers import PIRATE, RunningServer
 
@@ -377,21 +377,28 @@ def test_both_engines_map_a_memory_spec_to_the_same_steering(model_and_tok, tmp_
              "gain": 0.5}, {"name": "terse-eq", "role": "auxiliary", "gain": -2.0}]
     uses = (BankUse("pirate-eq", "target", 1.5), BankUse("formal-eq", "reference", 0.5),
             BankUse("terse-eq", "auxiliary", -2.0))
+    inline = {"text": "Speak in rhymes.", "role": "auxiliary", "gain": 0.25}
+    inline_use = BankUse(inline_name(inline["text"], range(21, 27), fingerprint), "auxiliary", 0.25)
+    seen = []
     for memory, request in [
         (MemorySpec(banks=banks, layers="21-23", rho=4.0), RequestSteering(banks=uses, rho=4.0, layers=(21, 22, 23))),
         (MemorySpec(banks=banks), RequestSteering(banks=uses)),  # the model's default sites and rho
+        (MemorySpec(banks=banks[:1] + [inline]), RequestSteering(banks=(uses[0], inline_use))),  # a text bank
     ]:
         injection = service.steering(memory)  # the transformers engine plans it here, once
         assert isinstance(injection, Injection) and inject(model, injection) is injection
         mine = injection.steering
-        served = served_steering(memory, service.banks, default_layers=service.engine.default_layers,
-                                 fingerprint=fingerprint)
-        assert served.request == request and served.inline == ()
-        _same_steering(mine, request.resolve(BankDirectory(tmp_path), fingerprint))
-    assert (mine.positive_gain, mine.negative_gain, [g for _, g in mine.auxiliary]) == (1.5, 0.5, [-2.0])
-    assert mine.sites is None and mine.rho is None  # defaults resolved when planned, as on the vLLM worker
-    first = service.steering(MemorySpec(banks=banks, layers="21-23", rho=4.0)).steering
-    assert first.sites == Sites({21: None, 22: None, 23: None}) and first.rho == 4.0
+        served = served_steering(memory, service.banks, fingerprint=fingerprint)
+        assert served.request == request
+        files = InlineBankStore(tmp_path, max_files=4, max_bytes=1 << 30)
+        with files.pinned([(bank.name, bank.build) for bank in served.inline]):  # as the vLLM engine writes them
+            _same_steering(mine, request.resolve(BankDirectory(tmp_path), fingerprint))
+        seen.append(mine)
+    layered, default, with_text = seen
+    assert (layered.positive_gain, layered.negative_gain, [g for _, g in layered.auxiliary]) == (1.5, 0.5, [-2.0])
+    assert layered.sites == Sites({21: None, 22: None, 23: None}) and layered.rho == 4.0
+    assert default.sites is None and default.rho is None  # resolved when planned, as on the vLLM worker
+    assert with_text.auxiliary[0][0].layers == tuple(range(21, 27))  # the text bank: built at the default sites
 
 
 def test_a_steered_request_is_planned_once(model_and_tok, tmp_path, monkeypatch):
@@ -420,3 +427,19 @@ def test_a_steered_request_is_planned_once(model_and_tok, tmp_path, monkeypatch)
         assert c.patch(f"/v1/sessions/{sid}", json={"memory": {**memory, "rho": 5}}).status_code == 200
         assert c.post(f"/v1/sessions/{sid}/messages", json={"content": "Hi", "max_tokens": 3}).status_code == 200
         assert len(planned) == 4
+
+
+def test_text_banks_are_built_at_the_sites_a_tuned_target_bank_uses(model_and_tok, tmp_path):
+    """Without layers, a named target bank's tuned sites are the steering's sites (`Steering.resolved`): both
+    engines build the request's text banks there too, so they cover the sites."""
+    model, tok = model_and_tok
+    service = create_app(model, tok, bank_dir=tmp_path, model_id=MODEL_ID).state.service
+    bank = service.banks.create("tuned-t", PIRATE, list(range(16, 27)))
+    bank.options["tuned"] = {"sites": {"17": None, "18": None}, "rho": 2.0}
+    bank.save(service.banks.path("tuned-t"))
+    memory = MemorySpec(banks=[{"name": "tuned-t"}, {"text": "Speak in rhymes.", "role": "auxiliary"}])
+    assert service.banks.inline_layers(memory) == [17, 18]
+    injection = service.steering(memory)
+    assert sorted(injection.plans) == [17, 18] and injection.steering.auxiliary[0][0].layers == (17, 18)
+    served = served_steering(memory, service.banks, fingerprint=model_fingerprint(model))
+    assert served.request.banks[1].name == inline_name("Speak in rhymes.", [17, 18], model_fingerprint(model))

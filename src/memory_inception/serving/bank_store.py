@@ -9,11 +9,12 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from memory_inception.core.architecture import geometry
+from memory_inception.core.architecture import geometry, model_fingerprint
 from memory_inception.core.banks import Bank, build_bank
+from memory_inception.core.steering import Steering
 from memory_inception.errors import MemoryInceptionError
 from memory_inception.serving.locks import model_lock
-from memory_inception.serving.schemas import ApiError
+from memory_inception.serving.schemas import ApiError, MemorySpec
 from memory_inception.vllm.bankdir import BANK_NAME
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ class BankStore:
         self.model, self.tokenizer = model, tokenizer
         self.bank_dir = Path(bank_dir)
         self.bank_dir.mkdir(parents=True, exist_ok=True)
-        self.num_layers = geometry(model).num_layers
+        self.geometry = geometry(model)
+        self.fingerprint = model_fingerprint(model)
+        self.num_layers = self.geometry.num_layers
         self.lock = model_lock(model)
         self._state_lock = threading.Lock()  # guards the caches below (never held while the model runs)
         self._loaded: dict[str, tuple[tuple[int, int], Bank]] = {}
@@ -110,6 +113,15 @@ class BankStore:
             "bytes": bank.nbytes, "file_bytes": path.stat().st_size, "text": bank.text,
             "created": int(path.stat().st_mtime),
         }
+
+    def inline_layers(self, memory: MemorySpec) -> list[int]:
+        """The layers a memory's inline banks are built for: the memory's own, else the sites its steering will
+        use (`Steering.resolved`: the named target bank's tuned sites, else the model's default sites)."""
+        if memory.layers:
+            return list(memory.layers)
+        target = next((ref.name for ref in memory.banks if ref.role == "target" and ref.name is not None), None)
+        steering = Steering(target=self.load(target)) if target is not None else Steering()
+        return list(steering.resolved(self.geometry, self.fingerprint)[0].layers)
 
     def text_bank(self, text: str, layers: list[int]) -> Bank:
         """An inline bank: `text` built for `layers` (the last TEXT_BANK_CACHE_SIZE are kept built)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +28,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_SESSION_CACHE_BYTES = 512 << 20  # 512 MiB of session KV caches
 
 
-def memory_steering(memory: MemorySpec, banks: BankStore, *, default_layers: Sequence[int]) -> Steering:
+def memory_steering(memory: MemorySpec, banks: BankStore) -> Steering:
     """The core `Steering` a `memory` object asks for: its banks by role through `steering_from_roles`.
 
-    Named banks come from `banks`; inline `text` banks are built for the memory's layers, else `default_layers`
-    (the model's default sites, which planning also uses for `sites=None`). `rho=None` is the model's default.
+    Named banks come from `banks`; inline `text` banks are built for `banks.inline_layers(memory)`. Without
+    layers, `sites=None` and `rho=None` are resolved when planned (tuned target bank, else the model's defaults).
     """
-    layers = list(memory.layers) if memory.layers else list(default_layers)
+    layers = banks.inline_layers(memory) if any(ref.text is not None for ref in memory.banks) else []
     roles = [(ref.role, banks.load(ref.name) if ref.name is not None else banks.text_bank(ref.text, layers), ref.gain)
              for ref in memory.banks]
     sites = Sites({layer: None for layer in memory.layers}) if memory.layers else None
@@ -71,7 +70,6 @@ class HFEngine:
         self.session_cache_bytes = session_cache_bytes
         self.lock = model_lock(model)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-        self.default_layers = Sites.default(model).layers
         self._caches_lock = threading.Lock()  # guards `_caches` (never held while the model runs)
         self._caches: set[CachedSession] = set()
 
@@ -79,7 +77,7 @@ class HFEngine:
     def steering(self, memory: MemorySpec, banks: BankStore) -> Injection:
         """The planned injection for `memory`: planning now makes a bad layer or a foreign bank a 400 before
         generation, and generation enters this same `Injection` (`inject` takes it as it is)."""
-        return Injection(self.model, memory_steering(memory, banks, default_layers=self.default_layers))
+        return Injection(self.model, memory_steering(memory, banks))
 
     # ---- generation ---------------------------------------------------------------------------------
     def generate(self, ids: list[int], steering: Injection | None, options: dict[str, Any], seed: int | None,

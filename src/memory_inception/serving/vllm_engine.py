@@ -14,7 +14,7 @@ import logging
 import queue
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from memory_inception.core.banks import Bank
-from memory_inception.core.sites import Sites
 from memory_inception.serving.bank_store import BankStore
 from memory_inception.serving.schemas import MemorySpec
 from memory_inception.serving.session_store import SessionState
@@ -156,16 +155,15 @@ class ServedSteering:
     inline: tuple[InlineBank, ...] = ()
 
 
-def served_steering(memory: MemorySpec, banks: BankStore, *, default_layers: Sequence[int],
-                    fingerprint: str) -> ServedSteering:
+def served_steering(memory: MemorySpec, banks: BankStore, *, fingerprint: str) -> ServedSteering:
     """The `RequestSteering` a `memory` object asks for, banks by name (the worker's `resolve` maps roles to
     steering with `steering_from_roles`, as the transformers engine does).
 
     Named banks are loaded now (404 for an unknown bank, 400 for a foreign one); inline banks are named by
-    content (`inline_name`) and built, as the transformers engine builds them (the same cache), when their files
-    are written. They are built for the memory's layers, else `default_layers`.
+    content (`inline_name`, with the model `fingerprint`) and built as the transformers engine builds them (the
+    same cache, at `banks.inline_layers(memory)`) when their files are written.
     """
-    layers = tuple(memory.layers) if memory.layers else tuple(default_layers)
+    layers = tuple(banks.inline_layers(memory)) if any(ref.text is not None for ref in memory.banks) else ()
     uses, inline = [], []
     for ref in memory.banks:
         if ref.name is not None:
@@ -190,7 +188,6 @@ class VLLMEngine:
         self.engine = engine if engine is not None else MIEngine(model_name, bank_dir=bank_dir)
         self.driver = EngineDriver(self.engine.llm.llm_engine)
         self.inline_banks = InlineBankStore(bank_dir, max_files=inline_bank_files, max_bytes=inline_bank_bytes)
-        self.default_layers = Sites.default(model).layers
         engine_context = int(self.engine.llm.llm_engine.model_config.max_model_len)
         model_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.context_length = min(model_context, engine_context) if model_context else engine_context
@@ -198,8 +195,7 @@ class VLLMEngine:
     # ---- steering -----------------------------------------------------------------------------------
     def steering(self, memory: MemorySpec, banks: BankStore) -> ServedSteering:
         """The request's steering, checked now (with its inline files on disk) so a bad one is a 400."""
-        steering = served_steering(memory, banks, default_layers=self.default_layers,
-                                   fingerprint=self.engine.checkpoint.fingerprint)
+        steering = served_steering(memory, banks, fingerprint=self.engine.checkpoint.fingerprint)
         with self._inline_on_disk(steering):
             self.engine.check(steering.request)
         return steering
