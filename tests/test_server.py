@@ -443,3 +443,11 @@ def test_text_banks_are_built_at_the_sites_a_tuned_target_bank_uses(model_and_to
     assert sorted(injection.plans) == [17, 18] and injection.steering.auxiliary[0][0].layers == (17, 18)
     served = served_steering(memory, service.banks, fingerprint=model_fingerprint(model))
     assert served.request.banks[1].name == inline_name("Speak in rhymes.", [17, 18], model_fingerprint(model))
+
+
+def test_a_bank_posted_without_layers_has_every_layer(http, model_and_tok):
+    """POST /v1/banks without `layers` builds every layer, so any request's layers can use the bank."""
+    r = http.post("/v1/banks", json={"name": "every-layer", "text": "Be kind."})
+    assert r.status_code == 201, r.text
+    assert r.json()["layers"] == list(range(model_and_tok[0].config.num_hidden_layers))
+    assert http.delete("/v1/banks/every-layer").status_code == 200

@@ -71,14 +71,16 @@ class BankStore:
         return bank
 
     def create(self, name: str, text: str, layers: list[int] | None) -> Bank:
-        """Build the bank `name` from `text` and save it (409 if it exists)."""
+        """Build the bank `name` from `text` at `layers` (every layer when None, so any request's layers can use
+        it) and save it (409 if it exists)."""
         path = self.path(name)
         self.check_layers(layers)
         with self.lock:  # also makes check-then-write atomic between concurrent creations
             if path.exists():
                 raise ApiError(409, f"a bank named {name!r} exists; DELETE /v1/banks/{name} first",
                                code="bank_exists")
-            bank = build_bank(self.model, self.tokenizer, text, layers=layers, name=name)
+            bank = build_bank(self.model, self.tokenizer, text, layers=layers if layers is not None else "all",
+                              name=name)
             bank.save(path)
         logger.info("built bank %s: %d slots x %d layers, %d bytes", name, bank.num_slots, len(bank.layers),
                     bank.nbytes)
