@@ -59,8 +59,8 @@ def _greedy_chat(model, tokenizer, messages, max_new_tokens: int = 8) -> str:
 
 @pytest.fixture(scope="module")
 def default_model():
-    """SmolLM2 loaded once for the module (through the user-level cache)."""
-    return load_model()
+    """SmolLM2 loaded once for the module (through the user-level cache), on the CPU in float32 on any machine."""
+    return load_model(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +165,37 @@ def test_second_load_uses_the_cache_and_matches(default_model, reference_logits)
     entry = cache_entry(_smollm2_gguf())
     assert (entry / MANIFEST_NAME).is_file()
     assert (entry / "model.safetensors").is_file() and (entry / "tokenizer.json").is_file()
-    model, tokenizer = load_model(DEFAULT_MODEL)
+    model, tokenizer = load_model(DEFAULT_MODEL, device="cpu")
     assert model is not default_model[0]
     assert torch.equal(_logits(model, tokenizer), reference_logits)
 
 
 @pytest.mark.real_model
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="auto picks the accelerator")
+def test_the_default_load_here_is_cpu_float32_as_before(reference_logits):
+    model, tokenizer = load_model()
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+    assert torch.equal(_logits(model, tokenizer), reference_logits)
+
+
+@pytest.mark.real_model
+def test_the_cache_stays_float32_and_bfloat16_is_applied_on_load(default_model):
+    from safetensors import safe_open
+
+    model, _ = load_model(DEFAULT_MODEL, device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16 and model.device == torch.device("cpu")
+    entry = cache_entry(_smollm2_gguf())
+    with safe_open(str(entry / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}
+    assert dtypes == {"F32"}
+    fp32 = dict(default_model[0].named_parameters())
+    for name, param in model.named_parameters():
+        assert torch.equal(param, fp32[name].to(torch.bfloat16)), name
+
+
+@pytest.mark.real_model
 def test_gguf_path_loads(default_model, reference_logits):
-    model, tokenizer = load_model(str(_smollm2_gguf()))
+    model, tokenizer = load_model(str(_smollm2_gguf()), device="cpu")
     assert torch.equal(_logits(model, tokenizer), reference_logits)
 
 
@@ -182,7 +205,7 @@ def test_conversion_into_a_fresh_cache(tmp_path, monkeypatch, reference_logits):
     cache = tmp_path / "cache"
     monkeypatch.setenv(CACHE_ENV_VAR, str(cache))
     try:
-        model, tokenizer = load_model(DEFAULT_MODEL)
+        model, tokenizer = load_model(DEFAULT_MODEL, device="cpu")
         entry = cache_entry(gguf_path(DEFAULT_MODEL))
         assert entry.is_relative_to(cache)
         manifest = json.loads((entry / MANIFEST_NAME).read_text())
@@ -191,7 +214,7 @@ def test_conversion_into_a_fresh_cache(tmp_path, monkeypatch, reference_logits):
         assert "quantization_config" not in config
         assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temp dirs left behind
         assert torch.equal(_logits(model, tokenizer), reference_logits)
-        again, again_tokenizer = load_model(DEFAULT_MODEL)
+        again, again_tokenizer = load_model(DEFAULT_MODEL, device="cpu")
         assert torch.equal(_logits(again, again_tokenizer), reference_logits)
     finally:
         shutil.rmtree(cache, ignore_errors=True)  # half a GB; pytest keeps old tmp dirs around
@@ -243,7 +266,7 @@ def test_checkpoint_directory_without_tokenizer_is_a_clear_error(tmp_path):
 @pytest.mark.real_model
 def test_qwen_loads_and_generates():
     """Qwen2.5-Coder-0.5B from its six chunk packages (slow the first time: concatenate + convert)."""
-    model, tokenizer = load_model(QWEN)
+    model, tokenizer = load_model(QWEN, device="cpu")
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert not model.training and model.dtype == torch.float32
     path = gguf_path(QWEN)

@@ -21,7 +21,14 @@ tokenizer, under the cache directory (``$MEMORY_INCEPTION_CACHE``, else ``~/.cac
 
 An entry's key hashes the cache format version, the GGUF's file name and size, and its first and last
 4 MiB, so a changed file is converted again. Entries are written to a temporary directory and renamed
-into place, so an interrupted conversion never leaves a half entry.
+into place, so an interrupted conversion never leaves a half entry. The entries hold float32 weights on
+any machine; the requested dtype and device are applied when an entry is loaded.
+
+Devices: ``device="auto"`` takes CUDA if available, else MPS, else the CPU; ``"cpu"``, ``"cuda"``,
+``"cuda:N"`` and ``"mps"`` name one. ``device_map`` (``"auto"``, ``"balanced"``, ``"balanced_low_0"``,
+``"sequential"`` or a dict of module name to device) lets accelerate place the model, e.g. over several
+GPUs. The default dtype is bfloat16 on CUDA and float32 elsewhere. A device that is not there is refused
+before any weights are read.
 """
 
 from __future__ import annotations
@@ -58,6 +65,11 @@ MANIFEST_NAME = "memory_inception.json"
 _HASH_SPAN = 4 * 1024 * 1024
 _COPY_BLOCK = 16 * 1024 * 1024
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+_DEVICE = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
+#: What ``device`` accepts, for messages.
+DEVICE_CHOICES = "'auto' (CUDA, else MPS, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'"
+#: The placement strategies accelerate computes for ``device_map``.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -111,26 +123,38 @@ def cache_dir() -> Path:
 def load_model(
     name: str | None = None,
     *,
+    device: str | torch.device | None = "auto",
     dtype: torch.dtype | str | None = None,
+    device_map: str | dict[str, int | str | torch.device] | None = None,
     attn_implementation: str = "sdpa",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer, in eval mode on the CPU.
+    """Load a causal LM and its tokenizer, in eval mode.
 
     ``name`` is a name from :func:`available_models` (None: the default), a local checkpoint directory,
-    a ``.gguf`` path, or a hub id ``org/name``. ``dtype`` defaults to float32 and accepts strings such as
-    ``"bfloat16"``. The tokenizer always has a pad token (eos if it had none) and pads on the left.
+    a ``.gguf`` path, or a hub id ``org/name``. ``device`` is ``"auto"`` (CUDA if available, else MPS,
+    else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; ``device_map`` (``"auto"`` or a dict,
+    see :func:`resolve_device`) lets accelerate split the model over several devices instead, and then
+    ``device`` must stay ``"auto"``. ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere and
+    accepts strings such as ``"bfloat16"``. Both are checked before any weights are read. The tokenizer
+    always has a pad token (eos if it had none) and pads on the left.
     """
-    torch_dtype = _resolve_dtype(dtype)
+    target = resolve_device(device, device_map=device_map)
+    torch_dtype = resolve_dtype(dtype, target)
+    options: dict[str, object] = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
+    if device_map is not None:
+        options["device_map"] = device_map
+    elif target.type != "cpu":
+        options["device_map"] = str(target)  # straight onto the device; the CPU keeps transformers' default path
     key = DEFAULT_MODEL if name is None else str(name)
     started = time.perf_counter()
     if key.lower() in _REGISTRY:
-        model, tokenizer = _load_gguf(gguf_path(key.lower()), torch_dtype, attn_implementation)
+        model, tokenizer = _load_gguf(gguf_path(key.lower()), options)
     else:
         path = Path(key).expanduser()
         if path.is_dir():
-            model, tokenizer = _load_directory(path, torch_dtype, attn_implementation)
+            model, tokenizer = _load_directory(path, options)
         elif path.is_file() and path.suffix.lower() == ".gguf":
-            model, tokenizer = _load_gguf(path, torch_dtype, attn_implementation)
+            model, tokenizer = _load_gguf(path, options)
         elif path.exists():
             raise ModelLoadError(
                 f"{key!r} is a file but not a .gguf file; pass a .gguf file, a checkpoint directory "
@@ -139,7 +163,7 @@ def load_model(
         elif key.lower().endswith(".gguf"):
             raise ModelLoadError(f"GGUF file not found: {str(path)!r}")
         elif _HUB_ID.fullmatch(key):
-            model, tokenizer = _load_hub(key, torch_dtype, attn_implementation)
+            model, tokenizer = _load_hub(key, options)
         else:
             raise ModelLoadError(
                 f"unknown model {key!r} (neither a known name nor an existing path); available models: "
@@ -148,7 +172,11 @@ def load_model(
                 f"a .gguf file also works, as does a hub id 'org/name' when online."
             )
     _prepare(model, tokenizer)
-    logger.info("loaded %s in %.1f s", key, time.perf_counter() - started)
+    placement = getattr(model, "hf_device_map", None) if device_map is not None else None
+    logger.info(
+        "loaded %s in %.1f s (%s, %s)", key, time.perf_counter() - started,
+        f"device_map {placement}" if placement else target, str(torch_dtype).removeprefix("torch."),
+    )
     return model, tokenizer
 
 
@@ -171,15 +199,125 @@ def cache_entry(gguf_file: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------- resolution
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+def available_devices() -> list[str]:
+    """The devices this machine offers: ``cpu``, then ``cuda:0`` ... ``cuda:N-1``, then ``mps``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(
+    device: str | torch.device | None = "auto",
+    *,
+    device_map: str | dict[str, int | str | torch.device] | None = None,
+) -> torch.device:
+    """The device ``load_model`` puts the model on (with a ``device_map``: the kind of device it maps to).
+
+    ``"auto"`` (or None) is CUDA if available, else MPS, else the CPU. A device that is not there, a
+    malformed name, or a ``device_map`` next to an explicit device is a :class:`ModelLoadError` saying
+    what this machine has and how to fix it.
+    """
+    text = "auto" if device is None else str(device).strip().lower()
+    if device_map is not None:
+        if text != "auto":
+            raise ModelLoadError(
+                f"device {str(device)!r} and device_map {device_map!r} were both given: a device_map places the "
+                f"model itself, so leave device as 'auto' (on the command line: drop --device, keep --device-map)"
+            )
+        return _device_map_kind(device_map)
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    return _check_device(text, what=f"device {str(device)!r}")
+
+
+def resolve_dtype(dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> torch.dtype:
+    """``dtype`` as a torch dtype; None is bfloat16 on a CUDA ``device`` and float32 elsewhere."""
     if dtype is None:
-        return torch.float32
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     text = str(dtype).strip().lower().removeprefix("torch.")
     if text in _DTYPES:
         return _DTYPES[text]
     raise ModelLoadError(f"unknown dtype {dtype!r}; use one of: {', '.join(sorted(_DTYPES))} or a torch.dtype")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _check_device(text: str, what: str) -> torch.device:
+    """A present device named 'cpu', 'cuda', 'cuda:N', 'mps' or 'mps:0'; a clear error otherwise."""
+    here = ", ".join(available_devices())
+    match = _DEVICE.fullmatch(text)
+    if match is None:
+        raise ModelLoadError(f"{what} is not a device name; use {DEVICE_CHOICES}. This machine has: {here}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch build ({torch.__version__}) has no CUDA support; install a CUDA build of torch"
+                if torch.version.cuda is None
+                else "no GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+            )
+            raise ModelLoadError(
+                f"{what}: CUDA is not available here: {why}. This machine has: {here}; "
+                f"use device 'auto' or 'cpu' (--device auto / --device cpu)"
+            )
+        count = torch.cuda.device_count()
+        if index is not None and int(index) >= count:
+            raise ModelLoadError(
+                f"{what}: there is no CUDA device {index}; {count} visible ({here}). Pick one of those "
+                f"(CUDA_VISIBLE_DEVICES renumbers them from 0)"
+            )
+    elif kind == "mps":
+        if not _mps_available():
+            raise ModelLoadError(
+                f"{what}: MPS is not available here (it needs Apple silicon, macOS 12.3+ and a torch build with MPS). "
+                f"This machine has: {here}; use device 'auto' or 'cpu'"
+            )
+        if index not in (None, "0"):
+            raise ModelLoadError(f"{what}: MPS has one device; use 'mps' (or 'mps:0')")
+    elif index is not None:
+        raise ModelLoadError(f"{what}: the CPU takes no index; use 'cpu'")
+    return torch.device(text)
+
+
+def _device_map_kind(device_map: object) -> torch.device:
+    """Check a device_map and say which kind of device it mostly maps to (for the default dtype)."""
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ModelLoadError(
+                f"device_map {device_map!r} is not a placement strategy; use one of "
+                f"{', '.join(DEVICE_MAP_STRATEGIES)} or a dict of module name to device "
+                f"(to put the whole model on one device, pass device= instead)"
+            )
+        if not torch.cuda.is_available():
+            logger.info("device_map %r with no CUDA device: accelerate places the model on the CPU", device_map)
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if not isinstance(device_map, dict) or not device_map:
+        raise ModelLoadError(
+            f"device_map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a non-empty dict of module name "
+            f"to device, not {device_map!r}"
+        )
+    kinds = set()
+    for module, where in device_map.items():
+        if isinstance(where, bool) or not isinstance(where, (int, str, torch.device)):
+            raise ModelLoadError(f"device_map[{module!r}] = {where!r}: use a GPU index, 'cpu', 'cuda:N', 'mps' or 'disk'")
+        if isinstance(where, str) and where.strip().lower() == "disk":
+            continue
+        name = f"cuda:{where}" if isinstance(where, int) else str(where).strip().lower()
+        kinds.add(_check_device(name, what=f"device_map[{module!r}] = {where!r}").type)
+    for kind in ("cuda", "mps"):
+        if kind in kinds:
+            return torch.device(kind)
+    return torch.device("cpu")
 
 
 def _package_dir(module: str, package: str) -> Path:
@@ -289,15 +427,16 @@ def _gguf_key(path: Path) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a GGUF through its converted cache entry, converting it first if needed."""
+def _load_gguf(path: Path, options: dict[str, object]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a GGUF through its converted (float32, CPU) cache entry, converting it first if needed; the entry is
+    then loaded with ``options`` (dtype, attention, device placement)."""
     entry = cache_entry(path)
     if not (entry / MANIFEST_NAME).is_file():
         _convert_gguf(path, entry)
     else:
         logger.info("using cached conversion %s", entry)
     try:
-        return _load_directory(entry, dtype, attn)
+        return _load_directory(entry, options)
     except ModelLoadError as err:
         raise ModelLoadError(f"{err} (a damaged cache entry? delete {str(entry)!r} to convert again)") from err
 
@@ -375,20 +514,18 @@ def _drop_quantizer(model: PreTrainedModel) -> None:
             del config._is_quantized
 
 
-def _load_directory(
-    path: Path, dtype: torch.dtype, attn: str
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_directory(path: Path, options: dict[str, object]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A transformers checkpoint directory, or a directory holding a single .gguf file."""
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
-            return _load_gguf(ggufs[0], dtype, attn)
+            return _load_gguf(ggufs[0], options)
         what = f"several .gguf files ({', '.join(p.name for p in ggufs)}): pass one" if ggufs else "no config.json"
         raise ModelLoadError(f"{str(path)!r} is not a transformers checkpoint directory: {what}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(str(path), **options)
     except Exception as err:
         raise ModelLoadError(f"could not load the checkpoint in {str(path)!r}: {err}") from err
     try:
@@ -400,11 +537,11 @@ def _load_directory(
     return model, tokenizer
 
 
-def _load_hub(name: str, dtype: torch.dtype, attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hub(name: str, options: dict[str, object]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(name, **options)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as err:
         raise ModelLoadError(
