@@ -87,7 +87,8 @@ class Context:
             from memory_inception.hf.models import load_model
 
             hf_logging.disable_progress_bar()
-            self._model, self._tokenizer = load_model(self.cfg.model)
+            cfg = self.cfg
+            self._model, self._tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map)
 
     @property
     def model(self) -> Any:

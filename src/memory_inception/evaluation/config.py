@@ -16,8 +16,8 @@ from memory_inception.core.defaults import (
     defaults_by_name,
 )
 from memory_inception.datasets.traits import TRAITS, check_trait
-from memory_inception.errors import EvaluationError
-from memory_inception.hf.models import DEFAULT_MODEL
+from memory_inception.errors import EvaluationError, ModelLoadError
+from memory_inception.hf.models import DEFAULT_MODEL, resolve_device, resolve_dtype
 
 METHODS = ("plain", "prompting", "caa", "mi")
 TASK_NAMES = ("bigfive", "bigfive-generation", "dialogue", "persistence", "capability", "storage", "hardmath", "physics")
@@ -46,10 +46,17 @@ class CAAConfig:
 
 @dataclass
 class EvalConfig:
-    """One task's run. `options` holds the task's own settings (see each task's `Options`)."""
+    """One task's run. `options` holds the task's own settings (see each task's `Options`).
+
+    `device` / `device_map` say where the model runs and `dtype` its weights (`hf.models.load_model`; None:
+    bfloat16 on CUDA, float32 elsewhere).
+    """
 
     task: str
     model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str | None = None
+    device_map: str | dict[str, Any] | None = None
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     personas: list[str] = field(default_factory=lambda: list(ALL_PERSONAS))
     limit: int | None = None
@@ -71,6 +78,15 @@ class EvalConfig:
             raise EvaluationError(f"limit must be at least 1, got {self.limit}")
         if self.threads < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise EvaluationError("threads, batch_size and max_new_tokens must be positive")
+        _ = self.torch_dtype  # a device that is not there, or an unknown dtype, is refused before any work
+
+    @property
+    def torch_dtype(self) -> Any:
+        """The dtype the model is loaded in: `dtype`, else the default for the device it runs on."""
+        try:
+            return resolve_dtype(self.dtype, resolve_device(self.device, device_map=self.device_map))
+        except ModelLoadError as exc:
+            raise EvaluationError(f"{exc} (the device / dtype / device_map settings of the run)") from None
 
     def default(self, key: str) -> Any:
         """The model's default (`core.defaults`) for 'mi.rho', 'caa.layer' or 'caa.multiplier'; None for a model
@@ -89,10 +105,19 @@ class EvalConfig:
         return float(self.caa.multiplier if self.caa.multiplier is not None else self.default("caa.multiplier"))
 
     def identity(self) -> dict[str, Any]:
-        """What results depend on: everything except the limit (a rerun may extend it) and the thread count."""
+        """What results depend on: everything except the limit (a rerun may extend it), the thread count and where
+        the model runs (device, device_map).
+
+        The dtype is the one the model is loaded in (so `dtype = None` on CUDA is "bfloat16"), recorded only when it
+        is not float32: runs made before the key existed were float32 on the CPU, and their stored identities,
+        which lack it, still match a float32 rerun.
+        """
         data = dataclasses.asdict(self)
-        data.pop("limit")
-        data.pop("threads")
+        for key in ("limit", "threads", "device", "device_map", "dtype"):
+            data.pop(key)
+        dtype = str(self.torch_dtype).removeprefix("torch.")
+        if dtype != "float32":
+            data["dtype"] = dtype
         return json.loads(json.dumps(data))
 
 
