@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import memory_inception as mi
 from memory_inception.cli import app
-from memory_inception.cli.common import parse_layers
+from memory_inception.cli.common import parse_device_map, parse_layers
 
 runner = CliRunner()
 PERSONA = "You are a pirate captain who talks about the sea, ships and treasure."
@@ -103,3 +106,95 @@ def test_calibrate_prints_the_curve_and_the_choice(tmp_path):
     assert bad.exit_code == 2 and "exactly one control" in bad.output
     unknown = runner.invoke(app, ["calibrate", "--bank", "x", "--trait", "grumpiness", "--rhos", "1"])
     assert unknown.exit_code == 2 and "unknown trait" in unknown.output
+
+
+# ---- devices and dtypes ---------------------------------------------------------------------------------------
+def _said(result) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+MODEL_COMMANDS = (["generate"], ["chat"], ["demo"], ["bank", "build"], ["select"], ["calibrate"], ["eval"], ["serve"])
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS, ids=" ".join)
+def test_every_model_command_takes_device_dtype_and_device_map(command):
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for option in ("--device ", "--dtype ", "--device-map "):
+        assert option in result.output, (command, option)
+
+
+@pytest.mark.parametrize("command", (["generate", "Hi"], ["chat"], ["demo"], ["bank", "build", "x", "-o", "b.safetensors"],
+                                     ["select", "-t", "a", "-r", "b", "-o", "s.json"], ["calibrate", "--bank", "x", "--trait", "extraversion"],
+                                     ["eval", "bigfive"], ["serve"]), ids=lambda c: c[0])
+def test_a_bad_device_or_dtype_exits_with_a_clear_message(command):
+    """Refused before any weights are read (the default model is never loaded here)."""
+    bad = runner.invoke(app, [*command, "--device", "gpu"], terminal_width=200)
+    assert bad.exit_code == 2 and "not a device name" in _said(bad) and "cuda:N" in _said(bad), bad.output
+    dtype = runner.invoke(app, [*command, "--dtype", "float13"], terminal_width=200)
+    assert dtype.exit_code == 2 and "unknown dtype" in _said(dtype), dtype.output
+    both = runner.invoke(app, [*command, "--device", "cpu", "--device-map", "auto"], terminal_width=200)
+    assert both.exit_code == 2 and "both given" in _said(both), both.output
+
+
+def test_an_absent_device_and_a_bad_device_map_are_clear(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device, words in (("cuda", "CUDA is not available"), ("cuda:1", "CUDA is not available"), ("mps", "MPS is not available")):
+        result = runner.invoke(app, ["generate", "Hi", "--device", device], terminal_width=200)
+        assert result.exit_code == 2 and words in _said(result) and "This machine has: cpu" in _said(result)
+    strategy = runner.invoke(app, ["generate", "Hi", "--device-map", "fastest"], terminal_width=200)
+    assert strategy.exit_code == 2 and "not a placement strategy" in _said(strategy)
+    malformed = runner.invoke(app, ["generate", "Hi", "--device-map", "{oops"], terminal_width=200)
+    assert malformed.exit_code == 2 and "not a JSON object" in _said(malformed)
+
+
+def test_parse_device_map():
+    assert parse_device_map(None) is None and parse_device_map("auto") == "auto"
+    assert parse_device_map('{"model": 0, "lm_head": "cpu"}') == {"model": 0, "lm_head": "cpu"}
+
+
+def test_serve_passes_device_dtype_and_device_map_to_run_server(monkeypatch):
+    pytest.importorskip("fastapi")
+    import memory_inception.serving.app as serving_app
+
+    seen = {}
+
+    def run_server(model_name=None, *, host, port, bank_dir, api_key, engine, device=None, dtype=None,
+                   device_map=None, **options):
+        seen.update(model=model_name, device=device, dtype=dtype, device_map=device_map, options=options)
+
+    monkeypatch.setattr(serving_app, "run_server", run_server)
+    result = runner.invoke(app, ["serve", "--device", "cpu", "--dtype", "bfloat16", "--port", "9"])
+    assert result.exit_code == 0, result.output
+    assert seen["device"] == "cpu" and seen["dtype"] == "bfloat16" and seen["device_map"] is None
+    assert runner.invoke(app, ["serve", "--device-map", '{"": "cpu"}']).exit_code == 0
+    assert seen["device_map"] == {"": "cpu"} and seen["device"] is None
+
+
+@pytest.mark.real_model
+def test_generate_in_bfloat16_on_the_cpu():
+    result = runner.invoke(app, ["generate", "--device", "cpu", "--dtype", "bfloat16", "Hi", "-n", "8"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip()
+
+
+@pytest.mark.real_model
+def test_eval_in_bfloat16_on_the_cpu_and_a_float32_rerun_is_refused(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text('personas = ["extraversion:high"]\nmethods = ["plain", "mi"]\nbatch_size = 4\n'
+                      "[options]\nlikert_per_trait = 1\nstatements = 1\n")
+    out = tmp_path / "out"
+    args = ["eval", "bigfive", "--config", str(config), "--limit", "1", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--dtype", "bfloat16"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "bigfive.config.json").read_text())["config"]
+    assert stored["dtype"] == "bfloat16" and "device" not in stored
+    records = (out / "bigfive.jsonl").read_text().splitlines()
+    assert records and all(json.loads(r)["unit"] for r in records)
+    resumed = runner.invoke(app, [*args, "--dtype", "bf16"], terminal_width=200)  # device may change, dtype may not
+    assert resumed.exit_code == 0 and len((out / "bigfive.jsonl").read_text().splitlines()) == len(records)
+    refused = runner.invoke(app, [*args, "--dtype", "float32"], terminal_width=200)
+    assert refused.exit_code == 2 and "differs in: dtype" in _said(refused)
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0

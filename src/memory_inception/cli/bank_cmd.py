@@ -9,6 +9,9 @@ import typer
 from rich.table import Table
 
 from memory_inception.cli.common import (
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
     LayersOpt,
     ModelOpt,
     console,
@@ -25,6 +28,9 @@ def bank_build(
     text: Annotated[str, typer.Argument(help="Guidance text, or @file to read it from a file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bank file to write (.safetensors).")],
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
     layers: LayersOpt = None,
     name: Annotated[Optional[str], typer.Option(help="Bank name (default: from the text).")] = None,
     template: Annotated[Optional[list[str]], typer.Option(help="Template(s) with {descriptor}; repeatable.")] = None,
@@ -35,7 +41,7 @@ def bank_build(
 ) -> None:
     """Build a bank from TEXT and save it."""
     try:
-        m, tok = load(model)
+        m, tok = load(model, device, dtype, device_map)
         bank = build_bank(
             m, tok, read_text(text), layers=parse_layers(layers), name=name,
             templates=tuple(template) if template else ("{descriptor}",), variants=variants, keep=keep,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -12,12 +13,21 @@ from memory_inception.core.banks import Bank, build_bank
 from memory_inception.core.sites import Sites
 from memory_inception.core.sites import parse_layers as _parse_layers
 from memory_inception.core.steering import Steering
-from memory_inception.errors import SiteError
+from memory_inception.errors import ModelLoadError, SiteError
 
 console = Console()
 
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name, local directory or .gguf path (default: smollm2-135m-instruct).")]
+
+
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N or mps.")]
+
+
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32 | bfloat16 | float16 (default: bfloat16 on CUDA, float32 elsewhere).")]
+
+
+DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Let accelerate place the model, e.g. over several GPUs: auto, balanced, balanced_low_0, sequential, or a JSON object of module to device. Not with --device.")]
 
 
 LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="Layers, e.g. '21-26' or '3,5,7' (default: the sites default, 6 layers from 70% depth).")]
@@ -47,15 +57,32 @@ def read_text(text: str) -> str:
     return text
 
 
-def load(model_name: str | None):
+def parse_device_map(spec: str | None) -> str | dict[str, Any] | None:
+    """--device-map: a strategy name as given, or a JSON object {"module": device, ...}."""
+    if spec is None or not spec.strip().startswith("{"):
+        return spec
+    try:
+        value = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--device-map {spec!r} is not a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"--device-map {spec!r}: give a strategy such as 'auto' or a JSON object")
+    return value
+
+
+def load(model_name: str | None, device: str | None = None, dtype: str | None = None, device_map: str | None = None):
+    """The model and tokenizer (`hf.models.load_model`) on `device` in `dtype`; a bad choice exits with its message."""
     from transformers.utils import logging as hf_logging
 
     from memory_inception.hf.models import load_model
 
     hf_logging.disable_progress_bar()
-
-    with console.status(f"loading {model_name or 'the default model'}..."):
-        return load_model(model_name)
+    placement = parse_device_map(device_map)
+    try:
+        with console.status(f"loading {model_name or 'the default model'}..."):
+            return load_model(model_name, device=device, dtype=dtype, device_map=placement)
+    except ModelLoadError as exc:
+        fail(exc)
 
 
 def bank_from(model, tok, spec: str, layers: list[int] | None) -> Bank:

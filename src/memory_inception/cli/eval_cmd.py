@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from memory_inception.cli.common import ModelOpt, console, fail
+from memory_inception.cli.common import DeviceMapOpt, DeviceOpt, DtypeOpt, ModelOpt, console, fail, parse_device_map
 from memory_inception.errors import MemoryInceptionError
 
 
@@ -19,8 +19,14 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Cap each task's data (items, statements, prompts, problems) for a quick run.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results directory (TASK.jsonl is appended to, and resumed).")] = Path("runs/eval"),
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (1 is often fastest on small machines).")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
-    """Run an evaluation task with every method; each finished unit is appended to OUT/TASK.jsonl (rerun resumes)."""
+    """Run an evaluation task with every method; each finished unit is appended to OUT/TASK.jsonl (rerun resumes).
+
+    --dtype is part of the run's identity (a rerun in another dtype is refused); --device and --device-map are not.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -36,7 +42,8 @@ def eval_(
 
     try:
         cfg = load_config(
-            config, task=task, model=model, limit=limit, threads=threads,
+            config, task=task, model=model, limit=limit, threads=threads, device=device, dtype=dtype,
+            device_map=parse_device_map(device_map),
             methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
         )
         chosen = get_task(cfg.task)

@@ -10,6 +10,9 @@ import typer
 from rich.table import Table
 
 from memory_inception.cli.common import (
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
     LayersOpt,
     ModelOpt,
     RhoOpt,
@@ -44,6 +47,9 @@ def generate(
     reference: Annotated[Optional[str], typer.Option(help="Reference bank (steer away from it): file or text.")] = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Auxiliary bank FILE_OR_TEXT=GAIN; repeatable.")] = None,
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
     layers: LayersOpt = None,
     sites: Annotated[Optional[Path], typer.Option(help="Sites JSON (e.g. from `mi select`).")] = None,
     rho: RhoOpt = None,
@@ -53,7 +59,7 @@ def generate(
 ) -> None:
     """Generate a reply to PROMPT, steered by banks (greedy)."""
     try:
-        m, tok = load(model)
+        m, tok = load(model, device, dtype, device_map)
         layer_list = parse_layers(layers)
         auxiliary = []
         for item in aux or []:
@@ -74,6 +80,9 @@ def generate(
 def chat(
     bank: Annotated[Optional[str], typer.Option("--bank", "-b", help="Initial target bank: file or text.")] = None,
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
     layers: LayersOpt = None,
     rho: RhoOpt = None,
     max_new_tokens: TokensOpt = 128,
@@ -81,7 +90,7 @@ def chat(
     """Chat in the terminal. Commands: /bank FILE_OR_TEXT, /bank off, /rho X, /reset, /quit."""
     from memory_inception.hf.session import Session
 
-    m, tok = load(model)
+    m, tok = load(model, device, dtype, device_map)
     layer_list = parse_layers(layers)
     sites = sites_from(m, layer_list, None)
     try:
@@ -132,6 +141,9 @@ DEMO_PROMPTS = ("What is your favorite food?", "How do I make a cup of tea?", "G
 
 def demo(
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
     guidance: Annotated[str, typer.Option(help="The guidance text (or @file).")] = DEMO_GUIDANCE,
     layers: LayersOpt = None,
     rho: RhoOpt = None,
@@ -142,7 +154,7 @@ def demo(
     from memory_inception.core.storage import prompt_kv_bytes
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    m, tok = load(model)
+    m, tok = load(model, device, dtype, device_map)
     text = read_text(guidance)
     sites = sites_from(m, parse_layers(layers), None) or Sites.default(m)
     bank = build_bank(m, tok, text, layers=list(sites.layers), name="guidance")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from memory_inception.cli.common import ModelOpt, fail
+from memory_inception.cli.common import DeviceMapOpt, DeviceOpt, DtypeOpt, ModelOpt, fail, parse_device_map
 from memory_inception.errors import MemoryInceptionError
+from memory_inception.hf.models import resolve_device, resolve_dtype
 
 
 def serve(
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     bank_dir: Annotated[Path, typer.Option(help="Directory holding the banks (<name>.safetensors).")] = Path("banks"),
@@ -27,9 +32,22 @@ def serve(
 
     if engine not in ("transformers", "vllm"):
         fail(MemoryInceptionError(f"--engine must be 'transformers' or 'vllm', not {engine!r}"))
+    placement = {"device": device, "dtype": dtype, "device_map": parse_device_map(device_map)}
+    try:
+        resolve_dtype(dtype, resolve_device(device, device_map=placement["device_map"]))  # refused before loading
+    except MemoryInceptionError as exc:
+        fail(exc)
+    # Transitional: until serving.app.run_server takes device/dtype/device_map, pass them only when it does,
+    # and refuse a non-default choice rather than ignore it. Delete this block once run_server accepts them.
+    if not set(placement) <= set(inspect.signature(run_server).parameters):
+        chosen = [f"--{k.replace('_', '-')}" for k, v in placement.items() if v is not None]
+        if chosen:
+            fail(MemoryInceptionError(f"this server does not take {', '.join(chosen)} yet (it loads the model on "
+                                      "device auto, in that device's default dtype); drop them"))
+        placement = {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run_server(model, host=host, port=port, bank_dir=bank_dir, api_key=api_key, engine=engine,
-                   max_tokens_limit=max_tokens_limit, session_cache_bytes=session_cache_bytes)
+                   max_tokens_limit=max_tokens_limit, session_cache_bytes=session_cache_bytes, **placement)
     except MemoryInceptionError as exc:
         fail(exc)

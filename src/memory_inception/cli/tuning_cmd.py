@@ -9,6 +9,9 @@ import typer
 from rich.table import Table
 
 from memory_inception.cli.common import (
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
     LayersOpt,
     ModelOpt,
     RhoOpt,
@@ -29,6 +32,9 @@ def select(
     reference: Annotated[str, typer.Option("--reference", "-r", help="Reference bank (the opposite pole): file or text.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Sites JSON to write (read by --sites and mi.Sites.load).")],
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
     layers: Annotated[Optional[str], typer.Option("--layers", help="Candidate layers (default: every layer).")] = None,
     heads_per_layer: Annotated[Optional[int], typer.Option(help="Top k heads per layer (default: one per KV group).")] = None,
     num_layers: Annotated[int, typer.Option(help="Top m layers to keep.")] = 6,
@@ -40,7 +46,7 @@ def select(
     from memory_inception.tuning.selection import CALIBRATION_PROMPTS, select_sites
 
     try:
-        m, tok = load(model)
+        m, tok = load(model, device, dtype, device_map)
         candidates = parse_layers(layers)
         t, r = bank_from(m, tok, target, None), bank_from(m, tok, reference, None)
         with console.status("scoring heads on the calibration prompts..."):
@@ -73,6 +79,9 @@ def calibrate(
     statements: Annotated[Optional[Path], typer.Option(help="Control: an Anthropic-persona .jsonl (statement, answer_matching_behavior).")] = None,
     reference: Annotated[Optional[str], typer.Option(help="Reference bank (steer away from it): file or text.")] = None,
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
     layers: LayersOpt = None,
     sites: Annotated[Optional[Path], typer.Option(help="Sites JSON (e.g. from `mi select`).")] = None,
     rhos: Annotated[str, typer.Option(help="Strengths to try, comma-separated (negative rho weakens the bank).")] = "-48,-36,-24,-16,-8,0,4",
@@ -98,7 +107,7 @@ def calibrate(
     except ValueError:
         raise typer.BadParameter(f"--rhos must be numbers separated by commas, got {rhos!r}") from None
     try:
-        m, tok = load(model)
+        m, tok = load(model, device, dtype, device_map)
         if trait is not None:
             yes, no = trait_statements(trait, n)
         else:
