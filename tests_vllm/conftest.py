@@ -47,7 +47,7 @@ def bank_dir(tmp_path_factory, hf):
     model, tokenizer = hf
     directory = tmp_path_factory.mktemp("banks")
     for name, text in BANK_TEXTS.items():
-        mi.build_bank(model, tokenizer, text, name=name).save(directory / f"{name}.safetensors")
+        mi.build_bank(model, tokenizer, text, layers="all", name=name).save(directory / f"{name}.safetensors")
     return directory
 
 

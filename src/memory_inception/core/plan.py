@@ -18,24 +18,25 @@ from memory_inception.errors import SteeringError
 class ForwardState:
     """What one forward pass needs at every site: which rows are steered and the RoPE it applied.
 
-    `rows` is None (no row steered), "all", a LongTensor `[B, R]` of steered positions per batch row,
-    or a BoolTensor `[B, T]` mask (explicit positions, blended with the stock output).
+    `rows` is None (no row steered), "all", or a LongTensor `[B, R]` of steered positions per batch row;
+    `row_valid` `[B, R]` marks the real entries when rows list different numbers of positions (else None).
     """
 
     rows: None | str | torch.Tensor = None
+    row_valid: torch.Tensor | None = None
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
     # what every site layer of this forward shares (masks, log N, gathered RoPE tables), made by the first site
     # layer that sees each attention mask; `begin` clears it at the start of every forward
     prepared: list[tuple[object, object]] = field(default_factory=list, repr=False)
 
-    def begin(self, rows: None | str | torch.Tensor) -> None:
+    def begin(self, rows: None | str | torch.Tensor, row_valid: torch.Tensor | None = None) -> None:
         """A new forward: its steered rows; nothing prepared yet (its RoPE tables come from the rotary hook)."""
-        self.rows = rows
+        self.rows, self.row_valid = rows, row_valid
         self.prepared.clear()
 
     def clear(self) -> None:
-        self.rows = self.cos = self.sin = None
+        self.rows = self.row_valid = self.cos = self.sin = None
         self.prepared.clear()
 
 
@@ -59,8 +60,9 @@ class LayerPlan:
     canonical: bool
     normalize: bool
     state: ForwardState = field(repr=False, default_factory=ForwardState)
-    # diagnostics (site selection): called as trace(plan, bank_scores, probs, num_prompt_keys) after each mixture
-    trace: Callable[[LayerPlan, torch.Tensor, torch.Tensor, int], None] | None = field(repr=False, default=None)
+    # diagnostics (site selection): trace(plan, bank_scores, slot_weights, prompt_weight) after each mixture, with
+    # each bank slot's and the prompt's share of the mixture ([B, Hs, R, M], [B, Hs, R, M], [B, Hs, R])
+    trace: Callable[[LayerPlan, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = field(repr=False, default=None)
     # [M] 1.0 on the target / reference slots: where the gate's gains go (made from the slices, gate only)
     gate_masks: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, repr=False, default=None)
 

@@ -14,8 +14,8 @@ from transformers.masking_utils import eager_mask, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from memory_inception.core.architecture import STOCK_TO_STEERED
-from memory_inception.core.operator import steer_attention
 from memory_inception.core.plan import LayerPlan
+from memory_inception.core.site_layer import steer_attention
 
 
 def _make_attention(stock: Callable) -> Callable:

@@ -71,7 +71,11 @@ class Injection:
         # transformers >= 5.20 passes the decoder's cache as `cache`, earlier versions as `past_key_values`
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None else 0
-        self.state.begin(self._rows(explicit, batch, q_len, past, kwargs.get("attention_mask")))
+        rows = self._rows(explicit, batch, q_len, past, kwargs.get("attention_mask"))
+        valid = None
+        if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:
+            rows, valid = row_lists(rows)
+        self.state.begin(rows, valid)
         return args, kwargs
 
     def _rows(self, explicit, batch: int, q_len: int, past: int, attention_mask) -> None | str | torch.Tensor:
@@ -152,6 +156,24 @@ class Injection:
             self.model.set_attn_implementation(self._original_impl)
         self.state.clear()
         self._active = False
+
+
+def row_lists(steer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A `[B, T]` bool mask of steered positions as per-row position lists `[B, R]` (R: the most in a row).
+
+    Shorter rows repeat their first steered position (computed and written twice, to the same value). A row with
+    none lists position 0, marked not real in the returned `[B, R]` mask (None when every row has one), so its
+    write puts back the stock output.
+    """
+    counts = steer.sum(-1)
+    width = int(counts.max())
+    order = torch.sort((~steer).to(torch.int8), dim=-1, stable=True).indices[:, :width]  # steered first, in order
+    listed = torch.arange(width, device=steer.device).view(1, -1) < counts.view(-1, 1)
+    rows = torch.where(listed, order, order[:, :1])
+    has_any = counts > 0
+    if bool(has_any.all()):
+        return rows, None
+    return torch.where(has_any.view(-1, 1), rows, torch.zeros_like(rows)), has_any.view(-1, 1).expand_as(rows)
 
 
 def inject(model: nn.Module, steering: Steering | Injection | None) -> Injection:

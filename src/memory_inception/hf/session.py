@@ -11,7 +11,7 @@ from transformers import DynamicCache
 
 from memory_inception.core.architecture import cache_kwargs
 from memory_inception.core.steering import Steering
-from memory_inception.hf.inject import inject
+from memory_inception.hf.inject import Injection, inject
 from memory_inception.hf.text import decode_reply, render_chat
 
 logger = logging.getLogger(__name__)
@@ -21,10 +21,11 @@ class Session:
     """A chat with one model: the transcript and its KV cache live across turns.
 
     Assigning `session.steering` between turns changes the guidance; the transcript and the cache are
-    untouched (banks never enter either).
+    untouched (banks never enter either). It may hold a planned `Injection`, reused every turn.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, steering: Steering | None = None, system: str | None = None):
+    def __init__(self, model: nn.Module, tokenizer: Any, steering: Steering | Injection | None = None,
+                 system: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.steering = steering

@@ -134,19 +134,19 @@ class _Recorder:
         self.mt, self.mr = target_slots, reference_slots
         self.sums: dict[int, torch.Tensor] = {}  # layer -> [H, 5]: margin, w_t, w_p, log ratio, rows
 
-    def __call__(self, plan: LayerPlan, b: torch.Tensor, probs: torch.Tensor, s: int) -> None:
+    def __call__(self, plan: LayerPlan, b: torch.Tensor, slot_weights: torch.Tensor, prompt_weight: torch.Tensor) -> None:
         batch, hx, rr, m = b.shape
         if plan.all_heads and plan.group_size > 1:  # unfold grouped rows: folded index = head_in_group * R + r
             g = plan.group_size
             b = b.reshape(batch, hx * g, rr // g, m)
-            probs = probs.reshape(batch, hx * g, rr // g, probs.shape[-1])
+            slot_weights = slot_weights.reshape(batch, hx * g, rr // g, m)
+            prompt_weight = prompt_weight.reshape(batch, hx * g, rr // g)
             heads = torch.arange(hx * g, device=b.device)
         else:
             heads = plan.heads
-        b, probs = b.float(), probs.float()
+        b, slot_weights, w_p = b.float(), slot_weights.float(), prompt_weight.float()
         margin = b[..., : self.mt].amax(-1) - b[..., self.mt : self.mt + self.mr].amax(-1)
-        w_t = probs[..., s : s + self.mt].sum(-1)
-        w_p = probs[..., :s].sum(-1)
+        w_t = slot_weights[..., : self.mt].sum(-1)
         ratio = torch.log(w_t.clamp_min(1e-30)) - torch.log(w_p.clamp_min(1e-30))
         stats = torch.stack([margin, w_t, w_p, ratio, torch.ones_like(margin)], -1).sum((0, 2))  # [Hs, 5]
         acc = self.sums.setdefault(plan.layer, torch.zeros(self.geo.num_heads, 5, dtype=torch.float64))
