@@ -21,7 +21,7 @@ def _steering(model, **kw):
     return mi.Steering(**{**defaults, **kw})
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_no_banks_or_no_sites_is_bit_identical(tiny_models, arch, attn):
     """Invariant 1."""
@@ -174,7 +174,7 @@ def test_unsupported_attention_and_nesting_are_refused():
         with pytest.raises(SteeringError, match="already steered"):
             with mi.inject(model, steering):
                 pass
-    model.config._attn_implementation_internal = "flex_attention"
+    model.config._attn_implementation_internal = "flash_attention_3"
     with pytest.raises(SteeringError, match="'sdpa' or 'eager'"):
         with mi.inject(model, steering):
             pass

@@ -65,10 +65,14 @@ def _setup(model, scenario):
     return steering, ref_kwargs
 
 
+ATTENTION = ["sdpa", "eager", "flex_attention"]
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 @pytest.mark.parametrize("arch", ARCHS)
-def test_prefill_logits_match_reference(tiny_models, arch, scenario):
-    model = tiny_models(arch)
+def test_prefill_logits_match_reference(tiny_models, arch, scenario, attn):
+    model = tiny_models(arch, attn)
     steering, ref_kwargs = _setup(model, scenario)
     prompt = torch.tensor([[20, 21, 22, 23, 24, 25, 26], [30, 31, 32, 33, 34, 35, 36]])
     with torch.no_grad():
@@ -82,10 +86,11 @@ def test_prefill_logits_match_reference(tiny_models, arch, scenario):
         assert (got - base).abs().max().item() > 1e-2  # the banks do something
 
 
+@pytest.mark.parametrize("attn", ATTENTION)
 @pytest.mark.parametrize("scenario", ["gated-mixture", "late-prefix", "early-none", "full-per-layer"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cached_greedy_generation_matches_reference(tiny_models, arch, scenario):
-    model = tiny_models(arch)
+def test_cached_greedy_generation_matches_reference(tiny_models, arch, scenario, attn):
+    model = tiny_models(arch, attn)
     steering, ref_kwargs = _setup(model, scenario)
     prompt = torch.tensor([[40, 41, 42, 43, 44]])
     kwargs = dict(max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)

@@ -85,11 +85,11 @@ def load(model_name: str | None, device: str | None = None, dtype: str | None = 
         fail(exc)
 
 
-def bank_from(model, tok, spec: str, layers: list[int] | None) -> Bank:
-    """A bank from a file path, or built on the fly from text."""
+def bank_from(model, tok, spec: str, sites: Sites | None) -> Bank:
+    """A bank from a file path, or built on the fly from text for `sites` (None: the model's default sites)."""
     if Path(spec).suffix == ".safetensors" or Path(spec).is_file():
         return Bank.load(spec, model=model)
-    return build_bank(model, tok, read_text(spec), layers=layers)
+    return build_bank(model, tok, read_text(spec), sites=sites)
 
 
 def sites_from(model, layers: list[int] | None, sites_file: Path | None) -> Sites | None:

@@ -60,17 +60,17 @@ def generate(
     """Generate a reply to PROMPT, steered by banks (greedy)."""
     try:
         m, tok = load(model, device, dtype, device_map)
-        layer_list = parse_layers(layers)
+        chosen = sites_from(m, parse_layers(layers), sites)
         auxiliary = []
         for item in aux or []:
             spec, _, gain = item.rpartition("=")
             if not spec:
                 raise typer.BadParameter(f"--aux takes FILE_OR_TEXT=GAIN, got {item!r}")
-            auxiliary.append((bank_from(m, tok, spec, None), float(gain)))
+            auxiliary.append((bank_from(m, tok, spec, chosen), float(gain)))
         steering = Steering(
-            target=bank_from(m, tok, bank, None) if bank else None,
-            reference=bank_from(m, tok, reference, None) if reference else None,
-            auxiliary=auxiliary, sites=sites_from(m, layer_list, sites), rho=rho, prefill=prefill,
+            target=bank_from(m, tok, bank, chosen) if bank else None,
+            reference=bank_from(m, tok, reference, chosen) if reference else None,
+            auxiliary=auxiliary, sites=chosen, rho=rho, prefill=prefill,
         )
         console.print(reply(m, tok, prompt, steering, max_new_tokens, system), markup=False)
     except MemoryInceptionError as exc:
@@ -94,7 +94,7 @@ def chat(
     layer_list = parse_layers(layers)
     sites = sites_from(m, layer_list, None)
     try:
-        target = bank_from(m, tok, bank, None) if bank else None
+        target = bank_from(m, tok, bank, sites) if bank else None
     except MemoryInceptionError as exc:
         fail(exc)
     session = Session(m, tok, Steering(target=target, sites=sites, rho=rho))
@@ -111,7 +111,7 @@ def chat(
         try:
             if line.startswith("/bank"):
                 arg = line[len("/bank") :].strip()
-                target = None if arg in ("", "off") else bank_from(m, tok, arg, None)
+                target = None if arg in ("", "off") else bank_from(m, tok, arg, sites)
                 session.steering = Steering(target=target, sites=sites, rho=session.steering.rho)
                 console.print(f"[dim]guidance: {target.name if target else 'none'} (transcript unchanged)[/dim]")
             elif line.startswith("/rho"):

@@ -23,6 +23,7 @@ from memory_inception.cli.common import (
     prompt_lines,
     sites_from,
 )
+from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering
 from memory_inception.errors import MemoryInceptionError
 
@@ -48,7 +49,8 @@ def select(
     try:
         m, tok = load(model, device, dtype, device_map)
         candidates = parse_layers(layers)
-        t, r = bank_from(m, tok, target, None), bank_from(m, tok, reference, None)
+        every = Sites.all(m, candidates)  # candidate heads: every head of the candidate layers
+        t, r = bank_from(m, tok, target, every), bank_from(m, tok, reference, every)
         with console.status("scoring heads on the calibration prompts..."):
             selection = select_sites(
                 m, tok, t, r, prompt_lines(prompts) or CALIBRATION_PROMPTS, layers=candidates,
@@ -116,9 +118,10 @@ def calibrate(
             rows = [json.loads(line) for line in statements.read_text().splitlines() if line.strip()]
             yes = [r["statement"] for r in rows if r["answer_matching_behavior"].strip() == "Yes"][:n]
             no = [r["statement"] for r in rows if r["answer_matching_behavior"].strip() == "No"][:n]
+        chosen = sites_from(m, parse_layers(layers), sites)
         steering = Steering(
-            target=bank_from(m, tok, bank, None), reference=bank_from(m, tok, reference, None) if reference else None,
-            sites=sites_from(m, parse_layers(layers), sites),
+            target=bank_from(m, tok, bank, chosen), reference=bank_from(m, tok, reference, chosen) if reference else None,
+            sites=chosen,
         )
         control = statement_control(m, tok, yes, no, pole=1 if pole == "high" else -1)
         table = Table(title="calibration curve (control: statement-likelihood margin shift toward the pole)")

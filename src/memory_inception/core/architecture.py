@@ -13,8 +13,8 @@ from torch import nn
 
 from memory_inception.errors import SteeringError
 
-# The stock attention implementations MI can steer, and the names its own are registered under (hf/attention.py).
-STOCK_TO_STEERED = {"sdpa": "mi_sdpa", "eager": "mi_eager"}
+# MI's attention functions are registered (hf/attention.py) under the stock implementation's name with this prefix.
+STEERED_PREFIX = "mi_"
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def config_geometry(cfg) -> ModelGeometry:
 
 def is_steered(model: nn.Module) -> bool:
     """Whether an `inject` block is live on `model` (its attention implementation is one of MI's)."""
-    return getattr(text_config(model), "_attn_implementation", None) in STOCK_TO_STEERED.values()
+    return str(getattr(text_config(model), "_attn_implementation", None) or "").startswith(STEERED_PREFIX)
 
 
 def cache_kwargs(model: nn.Module, cache) -> dict:

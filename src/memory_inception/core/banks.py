@@ -29,13 +29,23 @@ from memory_inception.core.artifacts import (
     read_artifact,
     write_artifact,
 )
+from memory_inception.core.quantize import (
+    Quantization,
+    QuantizedTensor,
+    parse_quantization,
+    quantize_tensor,
+    stored,
+    stored_nbytes,
+)
 from memory_inception.core.sites import Sites
 from memory_inception.errors import BankError
 
 logger = logging.getLogger(__name__)
 
+# format 3: quantized banks (int8 / int4 values with their scales, `quantization` metadata); 2: kv_heads; 1: every
+# KV head of every layer. Older formats are still read.
 BANK_FILE = ArtifactKind(
-    format="memory-inception-bank", version=2, what="bank", title="memory-inception bank", error=BankError,
+    format="memory-inception-bank", version=3, what="bank", title="memory-inception bank", error=BankError,
     rebuild="build one with `mi bank build TEXT -o FILE` (or mi.build_bank(...).save(FILE))",
 )
 
@@ -49,7 +59,8 @@ class Bank:
     """Per layer, pre-RoPE keys and values `[H_stored, M, d]` built from one text (or token ids) by one model.
 
     `kv_heads` names, for the layers that keep fewer than all KV heads, which ones they keep (a bank built for
-    sites stores only the layers and KV groups the site heads read); other layers keep every KV head.
+    sites stores only the layers and KV groups the site heads read); other layers keep every KV head. A quantized
+    bank (`quantize`) stores `QuantizedTensor`s and dequantizes what is read (`keys`, `values`, `kv_rows`).
     """
 
     name: str
@@ -60,8 +71,10 @@ class Bank:
     head_dim: int
     options: dict[str, Any] = field(default_factory=dict)
     kv_heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    _keys: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
-    _values: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _keys: dict[int, torch.Tensor | QuantizedTensor] = field(default_factory=dict, repr=False)
+    _values: dict[int, torch.Tensor | QuantizedTensor] = field(default_factory=dict, repr=False)
+    # what readers built from this bank keep with it (memory banks' search indexes, core.memory), never saved
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # ---- access -------------------------------------------------------------------------------------
     @property
@@ -76,20 +89,26 @@ class Bank:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all stored keys and values (spec section 7)."""
-        return sum(t.numel() * t.element_size() for t in (*self._keys.values(), *self._values.values()))
+        """Bytes of all stored keys and values (spec section 7); quantized: the values plus their scales."""
+        return sum(stored_nbytes(t) for t in (*self._keys.values(), *self._values.values()))
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype keys and values are read in (a quantized bank's dtype before quantization)."""
         return next(iter(self._keys.values())).dtype
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """How the slots are stored: None (in `dtype`) or a `Quantization` (int8 / int4 with their scales)."""
+        return parse_quantization(self.options.get("quantization"))
 
     def keys(self, layer: int) -> torch.Tensor:
         """Pre-RoPE keys `[H_stored, M, d]` of `layer` (its stored KV heads, `stored_kv_heads(layer)`)."""
-        return self._keys[self._check_layer(layer)]
+        return stored(self._keys[self._check_layer(layer)])
 
     def values(self, layer: int) -> torch.Tensor:
         """Values `[H_stored, M, d]` of `layer`."""
-        return self._values[self._check_layer(layer)]
+        return stored(self._values[self._check_layer(layer)])
 
     def stored_kv_heads(self, layer: int) -> tuple[int, ...]:
         """The model's KV heads whose slots `layer` keeps, in storage order."""
@@ -98,18 +117,28 @@ class Bank:
 
     def kv_rows(self, layer: int, kv_heads: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values `[len(kv_heads), M, d]` of `layer` for these model KV heads (in this order)."""
-        stored = self.stored_kv_heads(layer)
-        if len(stored) == self.num_kv_heads and list(kv_heads) == list(stored):
+        keys, values = self._rows(layer, kv_heads)
+        return stored(keys), stored(values)
+
+    def _rows(
+        self, layer: int, kv_heads: Sequence[int]
+    ) -> tuple[torch.Tensor | QuantizedTensor, torch.Tensor | QuantizedTensor]:
+        """The stored (possibly quantized) keys and values of `layer` for these model KV heads."""
+        kept = self.stored_kv_heads(layer)
+        if len(kept) == self.num_kv_heads and list(kv_heads) == list(kept):
             return self._keys[layer], self._values[layer]
-        where = {h: i for i, h in enumerate(stored)}
+        where = {h: i for i, h in enumerate(kept)}
         missing = sorted({int(h) for h in kv_heads} - set(where))
         if missing:
             raise BankError(
-                f"bank {self.name!r} keeps KV heads {list(stored)} at layer {layer}, but the sites read KV heads "
+                f"bank {self.name!r} keeps KV heads {list(kept)} at layer {layer}, but the sites read KV heads "
                 f"{missing} too; build the bank for these sites (build_bank(..., sites=...)) or with every head"
             )
         index = torch.tensor([where[int(h)] for h in kv_heads], dtype=torch.long)
-        return self._keys[layer][index], self._values[layer][index]
+        keys, values = self._keys[layer], self._values[layer]
+        if isinstance(keys, QuantizedTensor):
+            return keys.rows(index), values.rows(index)  # type: ignore[union-attr]
+        return keys[index], values[index]
 
     def restrict(self, layers: Sequence[int] | None = None, kv_heads: dict[int, Sequence[int]] | None = None) -> Bank:
         """A bank keeping only `layers` (default: all its layers) and, per layer in `kv_heads`, only those KV heads.
@@ -129,11 +158,35 @@ class Bank:
                     heads[layer] = self.kv_heads[layer]
                 continue
             wanted = tuple(sorted({int(h) for h in wanted}))
-            keys[layer], values[layer] = (t.contiguous() for t in self.kv_rows(layer, wanted))
+            k, v = self._rows(layer, wanted)
+            keys[layer], values[layer] = (t if isinstance(t, QuantizedTensor) else t.contiguous() for t in (k, v))
             if len(wanted) < self.num_kv_heads:
                 heads[layer] = wanted
         return Bank(self.name, self.text, self.token_ids, self.fingerprint, self.num_kv_heads, self.head_dim,
                     dict(self.options), heads, keys, values)
+
+    def quantize(self, spec: str | Quantization) -> Bank:
+        """This bank stored quantized: 'int8' / 'int4' (keys and values scaled per slot and KV head), or
+        'int8-channel' / 'int4-channel' (keys scaled per channel), or a `Quantization`. A quantized bank is first
+        dequantized (quantizing twice loses more than once: quantize the original where you have it)."""
+        q = parse_quantization(spec)
+        if q is None:
+            raise BankError("quantize needs a quantization ('int8', 'int4', 'int8-channel' or 'int4-channel')")
+        source = self.dequantize() if self.quantization is not None else self
+        keys = {layer: quantize_tensor(t, q.bits, q.key_scales) for layer, t in source._keys.items()}  # type: ignore[arg-type]
+        values = {layer: quantize_tensor(t, q.bits, "slot") for layer, t in source._values.items()}  # type: ignore[arg-type]
+        options = {**self.options, "quantization": q.name}
+        return Bank(self.name, self.text, self.token_ids, self.fingerprint, self.num_kv_heads, self.head_dim,
+                    options, dict(self.kv_heads), keys, values)
+
+    def dequantize(self) -> Bank:
+        """This bank with its slots as plain tensors of `dtype` (itself when it is not quantized)."""
+        if self.quantization is None:
+            return self
+        options = {k: v for k, v in self.options.items() if k != "quantization"}
+        return Bank(self.name, self.text, self.token_ids, self.fingerprint, self.num_kv_heads, self.head_dim, options,
+                    dict(self.kv_heads), {l: stored(t) for l, t in self._keys.items()},
+                    {l: stored(t) for l, t in self._values.items()})
 
     def for_sites(self, sites: Sites, geo: ModelGeometry) -> Bank:
         """This bank restricted to what `sites` read: their layers and, per layer, the KV groups of their heads."""
@@ -161,9 +214,10 @@ class Bank:
             )
 
     def __repr__(self) -> str:
+        quantized = f", quantization={self.quantization.name!r}" if self.quantization is not None else ""
         return (
             f"Bank(name={self.name!r}, slots={self.num_slots}, layers={len(self.layers)}, "
-            f"kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, nbytes={self.nbytes})"
+            f"kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, nbytes={self.nbytes}{quantized})"
         )
 
     # ---- files ----------------------------------------------------------------------------------------
@@ -171,8 +225,11 @@ class Bank:
         """Write the bank as one safetensors file with its metadata; returns the path."""
         tensors: dict[str, torch.Tensor] = {}
         for layer in self.layers:
-            tensors[f"keys.{layer}"] = self._keys[layer]
-            tensors[f"values.{layer}"] = self._values[layer]
+            for kind, t in (("keys", self._keys[layer]), ("values", self._values[layer])):
+                if isinstance(t, QuantizedTensor):
+                    tensors[f"{kind}.{layer}"], tensors[f"{kind}_scales.{layer}"] = t.data, t.scale
+                else:
+                    tensors[f"{kind}.{layer}"] = t
         metadata = {
             "name": self.name,
             "text": json.dumps(self.text),
@@ -183,6 +240,10 @@ class Bank:
             "options": json.dumps(self.options),
             "kv_heads": json.dumps({str(layer): list(heads) for layer, heads in self.kv_heads.items()}),
         }
+        if self.quantization is not None:
+            metadata["quantization"] = json.dumps(
+                {**self.quantization.to_json(), "dtype": str(self.dtype).removeprefix("torch.")}
+            )
         return write_artifact(path, BANK_FILE, tensors, metadata)
 
     @classmethod
@@ -192,6 +253,9 @@ class Bank:
         keys, values = by_layer(tensors, "keys"), by_layer(tensors, "values")
         if not keys or keys.keys() != values.keys():
             raise BankError(f"{path} is damaged: keys and values do not cover the same layers")
+        options = json.loads(metadata["options"])
+        if "quantization" in metadata:  # format 3: quantized values with their scales
+            keys, values = _read_quantized(path, tensors, metadata, keys, values)
         bank = cls(
             name=metadata["name"],
             text=json.loads(metadata["text"]),
@@ -199,7 +263,7 @@ class Bank:
             fingerprint=metadata["fingerprint"],
             num_kv_heads=int(metadata["num_kv_heads"]),
             head_dim=int(metadata["head_dim"]),
-            options=json.loads(metadata["options"]),
+            options=options,
             kv_heads={int(k): tuple(v) for k, v in json.loads(metadata.get("kv_heads", "{}")).items()},
             _keys=keys,
             _values=values,
@@ -265,6 +329,24 @@ class Bank:
         )
 
 
+def _read_quantized(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+    keys: dict[int, torch.Tensor], values: dict[int, torch.Tensor],
+) -> tuple[dict[int, torch.Tensor | QuantizedTensor], dict[int, torch.Tensor | QuantizedTensor]]:
+    """A quantized file's keys and values as `QuantizedTensor`s (their scales are `keys_scales.L` / `values_scales.L`)."""
+    info = json.loads(metadata["quantization"])
+    q = Quantization.from_json(info)
+    dtype = getattr(torch, info.get("dtype", "float32"))
+    head_dim = int(metadata["head_dim"])
+    out: list[dict[int, torch.Tensor | QuantizedTensor]] = []
+    for kind, data in (("keys", keys), ("values", values)):
+        scales = by_layer(tensors, f"{kind}_scales")
+        if scales.keys() != data.keys():
+            raise BankError(f"{path} is damaged: the {kind} scales do not cover the same layers as the {kind}")
+        out.append({layer: QuantizedTensor(t, scales[layer], q.bits, head_dim, dtype) for layer, t in data.items()})
+    return out[0], out[1]
+
+
 def build_bank(
     model: nn.Module,
     tokenizer: Any,
@@ -278,12 +360,15 @@ def build_bank(
     keep: Keep = "descriptor",
     pooling: Pooling = "concat",
     chat_template: bool = True,
+    quantize: str | Quantization | None = None,
 ) -> Bank:
     """Build a bank from `text` (spec section 1): one unsteered forward per (variant, template) pair.
 
     What it stores: with `sites`, only the layers and KV groups those sites read; with `layers`, every KV head of
-    those layers ("all": every layer); with neither, the model's default sites (`core.defaults`).
+    those layers ("all": every layer); with neither, the model's default sites (`core.defaults`). `quantize`
+    ('int8', 'int4', 'int8-channel', 'int4-channel') stores the slots quantized (`Bank.quantize`).
     """
+    quantization = parse_quantization(quantize)
     if not isinstance(text, str) or not text.strip():
         raise BankError("the bank text is empty; pass the guidance text (a persona, reminder, fact or checklist)")
     if variants not in ("full", "lines"):
@@ -333,7 +418,8 @@ def build_bank(
         "chat_template": use_chat,
     }
     bank = Bank._assemble(model, name or _default_name(text), text, kept_ids, parts, layer_list, pooling, options)
-    return bank.for_sites(sites, geometry(model)) if sites is not None else bank
+    bank = bank.for_sites(sites, geometry(model)) if sites is not None else bank
+    return bank.quantize(quantization) if quantization is not None else bank
 
 
 def _default_name(text: str) -> str:

@@ -11,12 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import memory_inception.hf.attention  # noqa: F401  (registers the steered attention functions)
 from memory_inception.core.architecture import (
-    STOCK_TO_STEERED,
     attention_modules,
     geometry,
     inverse_tables,
+    is_steered,
     model_fingerprint,
     rotary_embedding,
     text_config,
@@ -24,6 +23,7 @@ from memory_inception.core.architecture import (
 from memory_inception.core.plan import ForwardState, LayerPlan, plan_layers
 from memory_inception.core.steering import Steering
 from memory_inception.errors import SteeringError
+from memory_inception.hf.attention import STOCK, steered_name
 
 STEER_MASK_KWARG = "mi_steer_mask"
 
@@ -119,12 +119,13 @@ class Injection:
             return self  # no banks or no sites: the model runs untouched
         config = text_config(self.model)
         impl = config._attn_implementation
-        if impl in STOCK_TO_STEERED.values():
+        if is_steered(self.model):
             raise SteeringError("this model is already steered; leave the other `mi.inject` block first")
-        if impl not in STOCK_TO_STEERED:
+        if impl not in STOCK:
             raise SteeringError(
                 f"attention implementation {impl!r} is not supported; load the model with "
-                "attn_implementation='sdpa' or 'eager' (or call model.set_attn_implementation('sdpa'))"
+                "attn_implementation='sdpa' or 'eager' (also 'flex_attention', and 'flash_attention_2' where "
+                "flash-attn is installed), or call model.set_attn_implementation('sdpa')"
             )
         self._original_impl = impl
         try:
@@ -136,7 +137,7 @@ class Injection:
             modules = attention_modules(self.model)
             for layer, plan in self.plans.items():
                 modules[layer]._mi_plan = plan
-            self.model.set_attn_implementation(STOCK_TO_STEERED[impl])
+            self.model.set_attn_implementation(steered_name(impl))
             self._active = True
         except BaseException:
             self._restore()
