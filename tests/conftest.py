@@ -103,7 +103,7 @@ def model_and_tok():
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model, tok = mi.load_model()
+    model, tok = mi.load_model(device="cpu")
     yield model, tok
     torch.set_num_threads(threads)
 

@@ -21,7 +21,7 @@ PROMPTS = ["How do I make a cup of tea?", "Give me one tip for a job interview."
 
 @pytest.fixture(scope="module")
 def smollm():
-    return mi.load_model()
+    return mi.load_model(device="cpu")  # the fp32 CPU path the assertions were measured on
 
 
 def test_persona_bank_steers_replies_and_leaves_no_trace(smollm):
