@@ -1,4 +1,4 @@
-"""The Big Five traits: the project's pole descriptors (guidance texts) and the shipped persona statements."""
+"""The Big Five traits: the project's pole descriptors (guidance texts); the shipped persona statements of any trait."""
 
 from __future__ import annotations
 
@@ -57,12 +57,22 @@ def check_trait(trait: str) -> str:
     return trait
 
 
+def check_persona_trait(trait: str) -> str:
+    """`trait` if a persona file ships for it (the Big Five and the traits of `datasets.personas`)."""
+    root = files("memory_inception") / "data" / "anthropic_persona"
+    shipped = sorted(p.name[: -len(".jsonl")] for p in root.iterdir() if p.name.endswith(".jsonl"))
+    if trait not in shipped:
+        raise SteeringError(f"unknown trait {trait!r}: no persona statements ship for it; use one of {', '.join(shipped)}")
+    return trait
+
+
 def statements(trait: str, limit: int | None = None, offset: int = 0) -> tuple[list[str], list[str]]:
-    """Anthropic persona statements of `trait`: (matching the high pole, not matching), in file order.
+    """Anthropic persona statements of `trait` (a Big Five or another shipped persona trait): (matching the high
+    pole, not matching), in file order.
 
     `offset`/`limit` pick a slice of each side, so that calibration and evaluation can use disjoint statements.
     """
-    path = files("memory_inception") / "data" / "anthropic_persona" / f"{check_trait(trait)}.jsonl"
+    path = files("memory_inception") / "data" / "anthropic_persona" / f"{check_persona_trait(trait)}.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     yes = [r["statement"] for r in rows if r["answer_matching_behavior"].strip() == "Yes"]
     no = [r["statement"] for r in rows if r["answer_matching_behavior"].strip() == "No"]
