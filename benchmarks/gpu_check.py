@@ -111,7 +111,7 @@ def speed(shape: str, layers: int, context: int, batch: int, device: str, dtype:
         out[phase] = {"times_s": times, "peak_bytes": peaks, "mi/plain": paired(times["mi"], times["plain"])}
         if phase == "decode":
             out[phase]["tok_s"] = {n: batch * steps / statistics.median(t) for n, t in times.items()}
-    del model, caches
+    configs = caches = model = None  # free the model before the next cell
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return out

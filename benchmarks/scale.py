@@ -17,7 +17,6 @@ Writes reports/scale.{md,json}.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 from pathlib import Path
