@@ -1,5 +1,6 @@
 """The transformers engine: generation on the shared model under its lock, steering planned once per request
-(an `Injection`), and per-session KV caches within a byte budget (least recently used evicted)."""
+(an `Injection`), log-probabilities read as each token is chosen (`LogprobRecorder`), and per-session KV caches
+within a byte budget (least recently used evicted)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
 from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering, steering_from_roles
@@ -21,7 +22,7 @@ from memory_inception.serving.bank_store import BankStore
 from memory_inception.serving.locks import model_lock
 from memory_inception.serving.schemas import MemorySpec
 from memory_inception.serving.session_store import SessionState
-from memory_inception.serving.streaming import StopOn, TokenQueue
+from memory_inception.serving.streaming import StopOn, TokenLogprob, TokenQueue
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,41 @@ def cache_bytes(cache: Any) -> int:
     return total
 
 
+class LogprobRecorder(LogitsProcessor):
+    """Reads each step's logits before anything reshapes them (it runs ahead of temperature and top-p; the model's
+    generation config adds no other processor to the served models) and scores the token the step then chose: its
+    log-softmax and the `top` most likely tokens — the model's own distribution, as vLLM's raw logprobs.
+
+    `score` is the streamer's scorer: transformers calls the processor, picks the token, then streams it."""
+
+    def __init__(self, top: int):
+        self.top = top
+        self._step: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._step = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+    def score(self, token: int) -> TokenLogprob:
+        step = self._step
+        if step is None:
+            raise RuntimeError("a token was streamed before its logits were read")
+        top = ()
+        if self.top:
+            values, ids = step.topk(self.top)
+            top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+        return TokenLogprob(token, float(step[token]), top)
+
+
+def logprob_options(streamer: TokenQueue) -> dict[str, Any]:
+    """The `generate` options that score each token into `streamer` (none unless it asks for log-probabilities)."""
+    if streamer.top_logprobs is None:
+        return {}
+    recorder = LogprobRecorder(streamer.top_logprobs)
+    streamer.scorer = recorder.score
+    return {"logits_processor": LogitsProcessorList([recorder])}
+
+
 @dataclass(eq=False)
 class CachedSession:
     """A session's state on this engine: its id, its `Session` (the KV cache; the service keeps the transcript),
@@ -64,6 +100,9 @@ class CachedSession:
 
 class HFEngine:
     """Generates with the transformers `model`, one request at a time (`locks.model_lock`)."""
+
+    name = "transformers"
+    concurrency = 1
 
     def __init__(self, model: Any, tokenizer: Any, *, session_cache_bytes: int = DEFAULT_SESSION_CACHE_BYTES):
         self.model, self.tokenizer = model, tokenizer
@@ -82,14 +121,15 @@ class HFEngine:
     # ---- generation ---------------------------------------------------------------------------------
     def generate(self, ids: list[int], steering: Injection | None, options: dict[str, Any], seed: int | None,
                  stops: list[str] | None, streamer: TokenQueue, cancel: threading.Event | None = None) -> None:
-        """Run one generation under the model lock; tokens arrive through `streamer`."""
+        """Run one generation under the model lock; tokens (and their log-probabilities, when the streamer asks)
+        arrive through `streamer`."""
         criteria = StoppingCriteriaList([StopOn(self.tokenizer, len(ids), stops, cancel)])
         with self.lock:
             if seed is not None:
                 torch.manual_seed(seed)
             with inject(self.model, steering):
                 generate_batch(self.model, self.tokenizer, [ids], streamer=streamer, stopping_criteria=criteria,
-                               **options)
+                               **logprob_options(streamer), **options)
 
     # ---- sessions: their KV caches -------------------------------------------------------------------
     def open_session(self, session_id: str) -> CachedSession:
@@ -104,31 +144,33 @@ class HFEngine:
             self._caches.discard(cache)
 
     def session_generate(self, state: SessionState, ids: list[int], options: dict[str, Any], seed: int | None,
-                         stops: list[str] | None) -> tuple[list[int], dict[str, Any]]:
-        """The reply's token ids, from the session's cache, and the turn's cache report:
-        `cache` is "new" (empty cache), "reused" (its common prefix with the prompt kept) or "rebuilt" (the
-        cache had been evicted), with `cache_reused_tokens` and `cache_tokens` (its length after the turn)."""
+                         stops: list[str] | None, streamer: TokenQueue,
+                         cancel: threading.Event | None = None) -> dict[str, Any]:
+        """The reply, from the session's cache, through `streamer`; returns the turn's cache report: `cache` is
+        "new" (empty cache, no reply yet), "reused" (its common prefix with the prompt kept) or "rebuilt" (the
+        cache had been evicted, or the transcript has replies this engine never cached: a session from before a
+        restart), with `cache_reused_tokens` and `cache_tokens` (its length after the turn)."""
         cached: CachedSession = state.cache
         session = cached.session
         cached.last_used = time.monotonic()  # the most recent session while the cache budget is enforced
         with self.lock:
-            if cached.evicted:
-                cache_state = "rebuilt"
-            elif session.cache.get_seq_length() == 0:
-                cache_state = "new"
-            else:
+            if session.cache.get_seq_length() > 0 and not cached.evicted:
                 cache_state = "reused"
+            elif cached.evicted or any(m["role"] == "assistant" for m in state.messages):
+                cache_state = "rebuilt"
+            else:
+                cache_state = "new"
             reused = min(common_prefix(ids, session.cache_ids), len(ids) - 1)
             if seed is not None:
                 torch.manual_seed(seed)
-            criteria = StoppingCriteriaList([StopOn(self.tokenizer, len(ids), stops, None)])
+            criteria = StoppingCriteriaList([StopOn(self.tokenizer, len(ids), stops, cancel)])
             session.steering = state.steering  # the current guidance, planned when it was set (a PATCH changes it)
-            tokens = session.generate(ids, stopping_criteria=criteria, **options)
+            session.generate(ids, stopping_criteria=criteria, streamer=streamer, **options)
             cached.evicted = False
             length = session.cache.get_seq_length()
             self._enforce_budget()
-        return tokens, {"cache": cache_state, "cache_reused_tokens": reused if cache_state == "reused" else 0,
-                        "cache_tokens": length}
+        return {"cache": cache_state, "cache_reused_tokens": reused if cache_state == "reused" else 0,
+                "cache_tokens": length}
 
     def _enforce_budget(self) -> None:
         """Drop least-recently-used session caches (transcripts stay) until the total fits the budget."""

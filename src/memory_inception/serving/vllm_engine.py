@@ -27,7 +27,7 @@ from memory_inception.core.banks import Bank
 from memory_inception.serving.bank_store import BankStore
 from memory_inception.serving.schemas import MemorySpec
 from memory_inception.serving.session_store import SessionState
-from memory_inception.serving.streaming import TokenQueue
+from memory_inception.serving.streaming import TokenLogprob, TokenQueue
 from memory_inception.vllm.bankdir import InlineBankStore, inline_name
 from memory_inception.vllm.engine import MIEngine, steered_prompt, steering_params
 from memory_inception.vllm.spec import BankUse, RequestSteering
@@ -52,9 +52,10 @@ class EngineDriver:
         self._thread = threading.Thread(target=self._loop, name="mi-vllm-driver", daemon=True)
         self._thread.start()
 
-    def run(self, prompt: dict, params: Any, on_tokens: Callable[[list[int]], None],
+    def run(self, prompt: dict, params: Any, on_tokens: Callable[[list[int], list[dict] | None], None],
             cancel: threading.Event | None = None) -> int:
-        """Run one request until the engine is done with it, passing its new token ids to `on_tokens` as they come.
+        """Run one request until the engine is done with it, passing its new token ids to `on_tokens` as they come
+        (with their log-probabilities, `{token id: vllm Logprob}` per token, when `params.logprobs` asks for them).
 
         Returns vLLM's prefix-cache hit count for the prompt (`RequestOutput.num_cached_tokens`). When `cancel` is
         set the request is aborted, and this returns once the engine has dropped it.
@@ -79,9 +80,9 @@ class EngineDriver:
                 except queue.Empty:
                     continue
                 if kind == "tokens":
-                    tokens, cached = value
+                    tokens, logprobs, cached = value
                     if not aborting:
-                        on_tokens(tokens)
+                        on_tokens(tokens, logprobs)
                 elif kind == "error":
                     raise value
                 else:
@@ -122,9 +123,11 @@ class EngineDriver:
                 continue
             for out in outputs:
                 tokens = list(out.outputs[0].token_ids) if out.outputs else []
+                logprobs = out.outputs[0].logprobs if out.outputs else None
                 sent = self._sent.get(out.request_id, 0)
                 if len(tokens) > sent:
-                    self._deliver(out.request_id, "tokens", (tokens[sent:], out.num_cached_tokens or 0))
+                    new = [logprobs[i] for i in range(sent, len(tokens))] if logprobs is not None else None
+                    self._deliver(out.request_id, "tokens", (tokens[sent:], new, out.num_cached_tokens or 0))
                     self._sent[out.request_id] = len(tokens)
                 if out.finished:
                     self._sent.pop(out.request_id, None)
@@ -178,9 +181,19 @@ def served_steering(memory: MemorySpec, banks: BankStore, *, fingerprint: str) -
     return ServedSteering(request, tuple(inline))
 
 
+def vllm_logprob(token: int, step: dict, top: int) -> TokenLogprob:
+    """A `TokenLogprob` from vLLM's logprobs of one step (`{token id: Logprob}`: the sampled token and the top
+    ranks; vLLM's default logprobs mode is the model's raw distribution, as the transformers engine reports)."""
+    ranked = sorted(((lp.rank, t, lp.logprob) for t, lp in step.items() if lp.rank is not None and lp.rank <= top))
+    return TokenLogprob(token, float(step[token].logprob), tuple((t, float(lp)) for _, t, lp in ranked))
+
+
 class VLLMEngine:
     """Generates with vLLM: banks by name from the bank directory, inline banks as files in its `.inline/`,
-    sessions as whole conversations sent every turn (no model lock: vLLM batches requests itself)."""
+    sessions as whole conversations sent every turn (no model lock: vLLM batches requests itself), logprobs
+    through vLLM's `SamplingParams.logprobs`."""
+
+    name = "vllm"
 
     def __init__(self, model: Any, *, bank_dir: str | Path, model_name: str | None = None,
                  engine: MIEngine | None = None, inline_bank_files: int = INLINE_BANK_FILES,
@@ -188,6 +201,8 @@ class VLLMEngine:
         self.engine = engine if engine is not None else MIEngine(model_name, bank_dir=bank_dir)
         self.driver = EngineDriver(self.engine.llm.llm_engine)
         self.inline_banks = InlineBankStore(bank_dir, max_files=inline_bank_files, max_bytes=inline_bank_bytes)
+        config = getattr(self.engine.llm.llm_engine, "vllm_config", None)
+        self.concurrency = int(getattr(getattr(config, "scheduler_config", None), "max_num_seqs", 0) or 64)
         engine_context = int(self.engine.llm.llm_engine.model_config.max_model_len)
         model_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.context_length = min(model_context, engine_context) if model_context else engine_context
@@ -218,14 +233,24 @@ class VLLMEngine:
         """`generate`, returning vLLM's prefix-cache hit count for the prompt."""
         request = steering.request if steering is not None else None
         sampled = options.get("do_sample", False)
+        top = streamer.top_logprobs
         params = steering_params(
             request, max_tokens=options["max_new_tokens"], temperature=options.get("temperature", 1.0) if sampled else 0.0,
             top_p=options.get("top_p", 1.0) if sampled else 1.0, seed=seed, stop=stops,
+            **({"logprobs": top} if top is not None else {}),
         )
+        pending: list[TokenLogprob] = []
+        if top is not None:
+            streamer.scorer = lambda token: pending.pop(0)
+
+        def on_tokens(tokens: list[int], logprobs: list[dict] | None) -> None:
+            if top is not None and logprobs is not None:
+                pending.extend(vllm_logprob(t, step, top) for t, step in zip(tokens, logprobs, strict=True))
+            streamer.put(torch.tensor(tokens))
+
         with self._inline_on_disk(steering):
             streamer.put(torch.tensor(ids))  # the prompt (a streamer skips it, as with transformers' generate)
-            return self.driver.run(steered_prompt(ids, request), params, lambda t: streamer.put(torch.tensor(t)),
-                                   cancel)
+            return self.driver.run(steered_prompt(ids, request), params, on_tokens, cancel)
 
     # ---- sessions -----------------------------------------------------------------------------------
     def open_session(self, session_id: str) -> None:
@@ -236,7 +261,8 @@ class VLLMEngine:
         pass
 
     def session_generate(self, state: SessionState, ids: list[int], options: dict[str, Any], seed: int | None,
-                         stops: list[str] | None) -> tuple[list[int], dict[str, Any]]:
+                         stops: list[str] | None, streamer: TokenQueue,
+                         cancel: threading.Event | None = None) -> dict[str, Any]:
         """The reply to the whole conversation `ids`, steered with the session's current memory.
 
         The report uses the transformers engine's words: "reused" when vLLM's prefix cache served part of the
@@ -244,15 +270,14 @@ class VLLMEngine:
         session's first turn and "rebuilt" on later ones (the conversation recomputed: steered prompts are salted,
         plain ones may have lost their blocks). `cache_tokens` is 0: the session holds no cache of its own.
         """
-        streamer = TokenQueue()
-        cached = self._run(ids, state.steering, options, seed, stops, streamer)
+        cached = self._run(ids, state.steering, options, seed, stops, streamer, cancel)
         if cached > 0:
             cache_state = "reused"
         elif any(m["role"] == "assistant" for m in state.messages):
             cache_state = "rebuilt"
         else:
             cache_state = "new"
-        return streamer.tokens, {"cache": cache_state, "cache_reused_tokens": cached, "cache_tokens": 0}
+        return {"cache": cache_state, "cache_reused_tokens": cached, "cache_tokens": 0}
 
     def session_cache_view(self, state: SessionState) -> dict[str, Any]:
         return {"tokens": 0, "bytes": 0, "evicted": False}
