@@ -12,6 +12,8 @@ import importlib
 from typing import Any
 
 from memory_inception.core.banks import Bank, build_bank
+from memory_inception.core.memory import MemoryRead, as_memory, build_memory
+from memory_inception.core.quantize import Quantization, QuantizedTensor
 from memory_inception.core.sites import Sites
 from memory_inception.core.steering import Steering, layer_strengths
 from memory_inception.datasets.reasoning_problems import (
@@ -79,11 +81,14 @@ __all__ = [
     "Grade",
     "Injection",
     "MemoryInceptionError",
+    "MemoryRead",
     "Method",
     "ModelLoadError",
     "Plain",
     "Problem",
     "Prompting",
+    "Quantization",
+    "QuantizedTensor",
     "Selection",
     "Session",
     "SiteError",
@@ -92,8 +97,10 @@ __all__ = [
     "SteeringError",
     "SteeringVector",
     "ab_pairs",
+    "as_memory",
     "available_models",
     "build_bank",
+    "build_memory",
     "build_steering_vector",
     "calibrate",
     "calibrate_mi",

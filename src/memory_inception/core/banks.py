@@ -286,8 +286,8 @@ class Bank:
         ids = [int(t) for t in (token_ids.flatten().tolist() if isinstance(token_ids, torch.Tensor) else token_ids)]
         if not ids:
             raise BankError("token_ids is empty; a bank needs at least one token")
-        layer_list = _resolve_layers(model, layers)
-        keys, values = _run_and_read(model, ids, layer_list)
+        layer_list = resolve_layers(model, layers)
+        keys, values = run_and_read(model, ids, layer_list)
         return cls._assemble(
             model, name or "tokens", None, ids, [(keys, values)], layer_list, "concat",
             {"source": "token_ids", "pooling": "concat", "keep": "all"},
@@ -391,7 +391,7 @@ def build_bank(
         raise BankError("give either sites (the bank keeps what they read) or layers, not both")
     if sites is None and layers is None:
         sites = Sites.default(model)
-    layer_list = _resolve_layers(model, list(sites.layers) if sites is not None else layers)
+    layer_list = resolve_layers(model, list(sites.layers) if sites is not None else layers)
 
     parts = []
     kept_ids: list[int] = []
@@ -403,7 +403,7 @@ def build_bank(
                     f"no token of the text survived rendering with template {template!r}; "
                     "check the template, or use keep='all'"
                 )
-            keys, values = _run_and_read(model, ids, layer_list)
+            keys, values = run_and_read(model, ids, layer_list)
             index = torch.tensor(kept)
             parts.append(
                 ({l: k[:, index] for l, k in keys.items()}, {l: v[:, index] for l, v in values.items()})
@@ -427,7 +427,7 @@ def _default_name(text: str) -> str:
     return "-".join(words[:4]) or "bank"
 
 
-def _resolve_layers(model: nn.Module, layers: Sequence[int] | Literal["all"] | None) -> list[int]:
+def resolve_layers(model: nn.Module, layers: Sequence[int] | Literal["all"] | None) -> list[int]:
     n = geometry(model).num_layers
     if layers is None or (isinstance(layers, str) and layers == "all"):
         return list(range(n))
@@ -464,7 +464,7 @@ def _render(tokenizer: Any, template: str, descriptor: str, use_chat: bool, keep
 
 
 @torch.no_grad()
-def _run_and_read(
+def run_and_read(
     model: nn.Module, ids: list[int], layers: list[int]
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """One unsteered forward; per layer the cache's keys with RoPE undone, `[H_kv, T, d]`, and values."""
@@ -479,7 +479,9 @@ def _run_and_read(
     hook = rotary.register_forward_hook(lambda _m, _a, out: captured.append(out))
     try:
         cache = DynamicCache()
-        model(input_ids=torch.tensor([ids], device=device), use_cache=True, **cache_kwargs(model, cache))
+        # logits_to_keep=1: the output projection runs on one position (its logits are not read)
+        model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1,
+              **cache_kwargs(model, cache))
     finally:
         hook.remove()
     cos, sin = inverse_tables(rotary, *captured[-1])

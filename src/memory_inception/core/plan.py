@@ -4,12 +4,13 @@ and the per-forward state shared by every site layer of one forward."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from memory_inception.core.architecture import ModelGeometry, apply_rope
+from memory_inception.core.memory import MemoryLayer, memory_read, plan_memory
 from memory_inception.core.steering import Steering, layer_strengths
 from memory_inception.errors import SteeringError
 
@@ -60,6 +61,9 @@ class LayerPlan:
     canonical: bool
     normalize: bool
     state: ForwardState = field(repr=False, default_factory=ForwardState)
+    # a memory bank's slots, read top-k per query row (core.memory); None: no memory. Its retrieved slots follow
+    # the ordinary banks' in the mixture (and in what `trace` sees)
+    memory: MemoryLayer | None = field(repr=False, default=None)
     # diagnostics (site selection): trace(plan, bank_scores, slot_weights, prompt_weight) after each mixture, with
     # each bank slot's and the prompt's share of the mixture ([B, Hs, R, M], [B, Hs, R, M], [B, Hs, R])
     trace: Callable[[LayerPlan, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = field(repr=False, default=None)
@@ -108,6 +112,7 @@ def plan_layers(
     ranks = sites.layer_ranks() if st.schedule == "rank_linear" else None
     strengths = layer_strengths(list(heads_per_layer), rho, st.schedule, ranks)
     gains = _constant_gains(st)
+    memory = _memory_bank(st)
     state = state if state is not None else ForwardState()
     target = slice(0, st.target.num_slots) if st.gated else None
     reference = slice(st.target.num_slots, st.target.num_slots + st.reference.num_slots) if st.gated else None
@@ -119,13 +124,21 @@ def plan_layers(
         all_heads = len(heads) == geo.num_heads
         # per bank, the KV heads the plan reads: every KV head (all heads, grouped) or the selected heads' own
         read = list(range(geo.num_kv_heads)) if all_heads else kv_index.tolist()
-        rows = [b.kv_rows(layer, read) for _, b in st.banks]
-        keys = torch.cat([k for k, _ in rows], dim=1).to(device, dtype)
-        values = torch.cat([v for _, v in rows], dim=1).to(device, dtype)
+        rows = [b.kv_rows(layer, read) for i, (_, b) in enumerate(st.banks) if i != memory]
+        if rows:
+            keys = torch.cat([k for k, _ in rows], dim=1).to(device, dtype)
+            values = torch.cat([v for _, v in rows], dim=1).to(device, dtype)
+        else:  # only a memory: no ordinary slots
+            keys = values = torch.zeros(len(read), 0, geo.head_dim, device=device, dtype=dtype)
         if prefix_rope is not None:
             keys = apply_rope(keys, *prefix_rope)
-        bias = []
-        for (role, bank), gain in zip(st.banks, gains):
+        bias = [torch.zeros(0)]
+        layer_memory = None
+        for i, ((role, bank), gain) in enumerate(zip(st.banks, gains)):
+            if i == memory:
+                layer_memory = plan_memory(bank, memory_read(bank), layer, read, rho_l * gain,  # type: ignore[arg-type]
+                                           st.normalize == "paper", device, dtype)
+                continue
             m = bank.num_slots
             constant = 0.0 if (st.gated and role in ("target", "reference")) else rho_l * gain
             norm = -math.log(m) if st.normalize == "paper" else 0.0
@@ -147,8 +160,26 @@ def plan_layers(
             canonical=st.positions == "canonical",
             normalize=st.normalize == "paper",
             state=state,
+            memory=layer_memory,
         )
     return plans
+
+
+def _memory_bank(st: Steering) -> int | None:
+    """The position in `st.banks` of its memory bank (read top-k, `core.memory`), if any; checks it can be read."""
+    found = [i for i, (_, bank) in enumerate(st.banks) if memory_read(bank) is not None]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise SteeringError("a steering reads at most one memory bank; merge the documents into one memory")
+    role, bank = st.banks[found[0]]
+    if st.positions != "canonical":
+        raise SteeringError(f"memory bank {bank.name!r} is read at canonical positions only (its top-k slots change "
+                            "with every query, so they have no prefix positions); use positions='canonical'")
+    if st.gated and role in ("target", "reference"):
+        raise SteeringError(f"memory bank {bank.name!r} is the {role} of a gated steering; the query gate compares "
+                            "whole banks, so pass gate=False or give the memory the role 'auxiliary'")
+    return found[0]
 
 
 def _constant_gains(st: Steering) -> list[float]:
