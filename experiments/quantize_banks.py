@@ -77,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model, tok = mi.load_model(device="cpu")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
 
     # ---- storage: every persona descriptor, both poolings --------------------------------------------------
     storage: dict[str, dict[str, list[float]]] = {}

@@ -35,6 +35,7 @@ from memory_inception.evaluation.runner import (
 from memory_inception.evaluation.tasks.capability import Capability
 from memory_inception.evaluation.tasks.dialogue import DialogueShift
 from memory_inception.evaluation.tasks.kv_storage import KVDims, Storage, published_dims
+from memory_inception.evaluation.tasks.long_memory import LongMemory
 from memory_inception.evaluation.tasks.persistence import Persistence
 from memory_inception.evaluation.tasks.personality import (
     BigFiveGeneration,
@@ -45,7 +46,8 @@ from memory_inception.evaluation.tasks.reasoning import HardMath, Physics
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        BigFiveSelfReport(), BigFiveGeneration(), DialogueShift(), Persistence(), Capability(), Storage(), HardMath(), Physics()
+        BigFiveSelfReport(), BigFiveGeneration(), DialogueShift(), Persistence(), Capability(), Storage(), HardMath(), Physics(),
+        LongMemory(),
     )
 }
 

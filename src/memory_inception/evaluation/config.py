@@ -20,7 +20,8 @@ from memory_inception.errors import EvaluationError, ModelLoadError
 from memory_inception.hf.models import DEFAULT_MODEL, resolve_device, resolve_dtype
 
 METHODS = ("plain", "prompting", "caa", "mi")
-TASK_NAMES = ("bigfive", "bigfive-generation", "dialogue", "persistence", "capability", "storage", "hardmath", "physics")
+TASK_NAMES = ("bigfive", "bigfive-generation", "dialogue", "persistence", "capability", "storage", "hardmath", "physics",
+              "long-memory")
 POLES = ("high", "low")
 ALL_PERSONAS = tuple(f"{t}:{p}" for t in TRAITS for p in POLES)
 
