@@ -108,6 +108,23 @@ def model_and_tok():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (steadier on a small shared CPU), the previous count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """Every test leaves torch's thread count as it found it, so results never depend on test order."""
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, "the test changed torch's thread count and did not restore it"
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tiny_tokenizer()

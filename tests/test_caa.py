@@ -325,14 +325,12 @@ def test_ab_rejects_bad_items(tiny_models):
         caa.ab_match_probability(model, tok, [{"question": "hi"}])
 
 
+@pytest.mark.real_model
 def test_real_tokenizer_reads_the_letter_after_the_bracket():
     """SmolLM2: "(" then "A" / "B" are separate tokens and the instruction is a token prefix of the prompt."""
     import memory_inception as mi
 
-    try:
-        _, tok = mi.load_model()
-    except MemoryInceptionError as exc:  # pragma: no cover - only without the model package
-        pytest.skip(str(exc))
+    _, tok = mi.load_model(device="cpu")
     item = caa.load_ab_items("sycophancy", "test")[0]
     prompt, n_instr, match, other = caa.prepare_ab_item(tok, item, 0)
     assert tok.convert_ids_to_tokens(prompt[-1]) == "("

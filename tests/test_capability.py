@@ -228,8 +228,7 @@ def test_letter_ids_need_single_known_tokens(tiny_tokenizer):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_mmlu_eval_on_tiny_model(tiny_models, tiny_tokenizer, arch):
-    torch.set_num_threads(1)
+def test_mmlu_eval_on_tiny_model(tiny_models, tiny_tokenizer, arch, one_thread):
     model, tok = tiny_models(arch), _letter_tokenizer()
     questions = load_mmlu(limit=5)
     ids = tok.convert_tokens_to_ids(list(LETTERS))
@@ -258,8 +257,7 @@ def test_mmlu_eval_on_tiny_model(tiny_models, tiny_tokenizer, arch):
         mmlu_eval(model, tiny_tokenizer, Plain(), questions)
 
 
-def test_gsm8k_eval_on_tiny_model(tiny_models, tiny_tokenizer):
-    torch.set_num_threads(1)
+def test_gsm8k_eval_on_tiny_model(tiny_models, tiny_tokenizer, one_thread):
     model = tiny_models("llama")
     problems = load_gsm8k(limit=3)
     rows = gsm8k_eval(model, tiny_tokenizer, Plain(), problems, max_new_tokens=4, batch_size=2)

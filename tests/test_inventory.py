@@ -172,8 +172,7 @@ def test_option_tokens_refuse_a_tokenizer_without_the_letters(tiny_tokenizer):
 
 # ---- a model ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("merged", [False, True])
-def test_item_scores_on_a_tiny_model(tiny_models, letter_tokenizer, merged):
-    torch.set_num_threads(1)
+def test_item_scores_on_a_tiny_model(tiny_models, letter_tokenizer, merged, one_thread):
     model = tiny_models("qwen2")
     tok = _tokenizer(merged=True) if merged else letter_tokenizer
     items = load_inventory(limit_per_trait=2)

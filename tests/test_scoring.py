@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS
 from transformers import DynamicCache
 
 import memory_inception as mi
+from conftest import ARCHS
 from memory_inception.core.architecture import cache_kwargs
 
 

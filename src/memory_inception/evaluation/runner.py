@@ -85,22 +85,26 @@ def run_task(
     out.mkdir(parents=True, exist_ok=True)
     task.options(cfg)  # validate before any work
     check_config(out, cfg)
-    torch.set_num_threads(cfg.threads)
-    path = records_path(out, cfg.task)
-    records = read_records(path, repair=True)
-    done = {r["unit"] for r in records}
-    ctx = Context(cfg, out, model, tokenizer)
-    units = list(task.units(ctx))
-    todo = [u for u in units if u.key not in done]
-    for index, unit in enumerate(todo):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # the run's thread count, restored on the way out
+    try:
+        path = records_path(out, cfg.task)
+        records = read_records(path, repair=True)
+        done = {r["unit"] for r in records}
+        ctx = Context(cfg, out, model, tokenizer)
+        units = list(task.units(ctx))
+        todo = [u for u in units if u.key not in done]
+        for index, unit in enumerate(todo):
+            if progress is not None:
+                progress(index, len(todo), unit.key)
+            started = time.perf_counter()
+            result = task.run(ctx, unit)
+            record = {"unit": unit.key, **unit.fields, **result, "seconds": round(time.perf_counter() - started, 3)}
+            append_record(path, record)
+            records.append(record)
         if progress is not None:
-            progress(index, len(todo), unit.key)
-        started = time.perf_counter()
-        result = task.run(ctx, unit)
-        record = {"unit": unit.key, **unit.fields, **result, "seconds": round(time.perf_counter() - started, 3)}
-        append_record(path, record)
-        records.append(record)
-    if progress is not None:
-        progress(len(todo), len(todo), "")
+            progress(len(todo), len(todo), "")
+    finally:
+        torch.set_num_threads(threads)
     wanted = {u.key for u in units}
     return [r for r in records if r["unit"] in wanted]
