@@ -39,7 +39,13 @@ def test_bank_build_info_and_generate(tmp_path):
     assert info.exit_code == 0 and "pirate" in info.output and "21,22,23,24,25,26" in info.output
     gen = runner.invoke(app, ["generate", "How do I make tea?", "--bank", str(path), "--layers", "21-26", "-n", "12"])
     assert gen.exit_code == 0, gen.output
-    assert gen.output.strip()
+    # the command prints the library's own greedy reply for the same bank, sites and prompt (and not the plain one)
+    model, tok = mi.load_model(device="cpu")
+    conversation = [[{"role": "user", "content": "How do I make tea?"}]]
+    steering = mi.Steering(target=mi.Bank.load(path, model=model), sites=mi.Sites({layer: None for layer in range(21, 27)}))
+    want = mi.generate(model, tok, mi.MI(steering), conversation, max_new_tokens=12)[0]
+    assert want and gen.output.strip() == want
+    assert want != mi.generate(model, tok, mi.Plain(), conversation, max_new_tokens=12)[0]
 
 
 @pytest.mark.real_model
@@ -177,7 +183,9 @@ def test_serve_passes_device_dtype_and_device_map_to_run_server(monkeypatch):
 def test_generate_in_bfloat16_on_the_cpu():
     result = runner.invoke(app, ["generate", "--device", "cpu", "--dtype", "bfloat16", "Hi", "-n", "8"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip()
+    model, tok = mi.load_model(device="cpu", dtype="bfloat16")
+    want = mi.generate(model, tok, mi.Plain(), [[{"role": "user", "content": "Hi"}]], max_new_tokens=8)[0]
+    assert want and result.output.strip() == want
 
 
 @pytest.mark.real_model

@@ -286,3 +286,47 @@ def test_qwen_loads_and_generates():
     assert "Qwen" not in rendered
     text = _greedy_chat(model, tokenizer, MESSAGES)
     assert text.strip()
+
+
+_GGUF_TO_HF = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+
+
+def _unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Undo llama.cpp's rotary layout of q/k rows (GGUF interleaves each head's two rotary halves)."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+@pytest.mark.real_model
+def test_loaded_weights_equal_the_ggufs_own_dequantized_tensors():
+    """Every weight of the loaded default model against the `gguf` package's dequantization of the file."""
+    import gguf
+    import numpy as np
+
+    model, _ = load_model(DEFAULT_MODEL, device="cpu")
+    state = model.state_dict()
+    config = model.config
+    reader = gguf.GGUFReader(str(_smollm2_gguf()))
+    checked = 0
+    for tensor in reader.tensors:
+        name = tensor.name.removesuffix(".weight")
+        if name == "token_embd":
+            hf = "model.embed_tokens.weight"
+        elif name == "output_norm":
+            hf = "model.norm.weight"
+        else:
+            _, layer, part = name.split(".")
+            hf = f"model.layers.{layer}.{_GGUF_TO_HF[part]}.weight"
+        want = torch.from_numpy(np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), copy=True))
+        want = want.float().reshape(state[hf].shape)
+        if name.endswith("attn_q"):
+            want = _unpermute(want, config.num_attention_heads)
+        elif name.endswith("attn_k"):
+            want = _unpermute(want, config.num_key_value_heads)
+        assert torch.equal(state[hf], want), hf
+        checked += 1
+    assert checked == len(reader.tensors) == 2 + 9 * config.num_hidden_layers
