@@ -43,14 +43,7 @@ def attention_lse(
     return explicit_attention_lse(query, key, value, mask, causal, scale)
 
 
-def explicit_attention_lse(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    causal: bool,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def explicit_attention_lse(query, key, value, mask, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`attention_lse` with explicit scores, `CHUNK_ROWS` query rows at a time (devices without a fused kernel)."""
     outs, lses = [], []
     rows, keys = query.shape[-2], key.shape[-2]

@@ -17,7 +17,7 @@ from memory_inception.core.architecture import (
 from memory_inception.errors import SteeringError
 from memory_inception.hf.inject import STEER_MASK_KWARG
 from memory_inception.hf.scoring import next_token_batch, score_batch
-from memory_inception.hf.text import decode_reply, generate_batch, render_prompt
+from memory_inception.hf.text import decode_reply, encode, generate_batch, render_prompt
 from memory_inception.methods.interface import Messages, Method
 
 # The question persona statements answer in `statement_margin` (the statement is the assistant's reply).
@@ -70,19 +70,13 @@ def score(
     """
     if len(conversations) != len(continuations):
         raise SteeringError(f"got {len(conversations)} conversations but {len(continuations)} continuations")
-    prefix = list(tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]) if answer_prefix else []
+    prefix = encode(tokenizer, answer_prefix) if answer_prefix else []
     prompts, ends = [], []
     for conv in conversations:
         ids, end = render(tokenizer, method, conv)
         prompts.append(ids + prefix)
         ends.append(end)
-    conts = [
-        list(tokenizer(c, add_special_tokens=False)["input_ids"]) if isinstance(c, str) else [int(t) for t in c]
-        for c in continuations
-    ]
-    for i, c in enumerate(conts):
-        if not c:
-            raise SteeringError(f"continuation {i} is empty")
+    conts = _continuations(tokenizer, continuations)
     prefill = method.mi_prefill
     out: list[torch.Tensor] = []
     with torch.no_grad():
@@ -107,7 +101,7 @@ def next_token_logprobs(
     One forward per batch; the method steers what it would steer before generating that token. For
     multiple-choice scoring (Likert letters, MMLU answers) read the option tokens' columns.
     """
-    prefix = list(tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]) if answer_prefix else []
+    prefix = encode(tokenizer, answer_prefix) if answer_prefix else []
     rendered = [render(tokenizer, method, conv) for conv in conversations]
     prefill = method.mi_prefill
     out: list[torch.Tensor] = []
@@ -136,16 +130,10 @@ def score_shared(
     Equal to `score(..., [conversation] * n, continuations)`; the saving grows with the conversation's length
     (long histories in persistence tests, statement margins).
     """
-    prefix = list(tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]) if answer_prefix else []
+    prefix = encode(tokenizer, answer_prefix) if answer_prefix else []
     ids, end = render(tokenizer, method, conversation)
     ids = ids + prefix
-    conts = [
-        list(tokenizer(c, add_special_tokens=False)["input_ids"]) if isinstance(c, str) else [int(t) for t in c]
-        for c in continuations
-    ]
-    for i, c in enumerate(conts):
-        if not c:
-            raise SteeringError(f"continuation {i} is empty")
+    conts = _continuations(tokenizer, continuations)
     device = next(model.parameters()).device
     prefill = method.mi_prefill or "last"
     head, last = ids[:-1], ids[-1]
@@ -215,3 +203,11 @@ def statement_margin(
     k = len(matching)
     return sum(means[:k]) / k - sum(means[k:]) / len(nonmatching)
 
+
+def _continuations(tokenizer: Any, continuations: Sequence[str | Sequence[int]]) -> list[list[int]]:
+    """Token ids of each continuation (text or ids); an empty one is an error."""
+    conts = [encode(tokenizer, c) if isinstance(c, str) else [int(t) for t in c] for c in continuations]
+    for i, c in enumerate(conts):
+        if not c:
+            raise SteeringError(f"continuation {i} is empty")
+    return conts
