@@ -51,6 +51,8 @@ OPTIONS = {
     "hardmath": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "routing": "keywords", "solution_tokens": 12},
     "physics": {"per_cell": 1, "direct_tokens": 6, "steps_tokens": 10, "poolings": ["mean"], "aux_gains": {"checker": 1.0},
                 "likelihood_per_type": 1, "solution_tokens": 12},
+    "long-memory": {"sizes": [300], "facts": 4, "truncate_tokens": 128,
+                    "conditions": ["plain", "truncated", "retriever", "memory"]},
 }
 
 
