@@ -92,10 +92,12 @@ def test_an_oversized_inline_bank_is_refused_before_any_model_work(tiny, tmp_pat
             started = time.perf_counter()
             err = error(chat(c, {"banks": [{"text": huge}]}), 422, "bank_too_large")
             refused_in = time.perf_counter() - started
-            assert "20000 tokens" in err["message"] and "limit is 64 tokens" in err["message"]
+            assert "more than 64 tokens" in err["message"] and "limit is 64 tokens" in err["message"]
             err = error(c.post("/v1/banks", json={"name": "huge", "text": huge}), 422, "bank_too_large")
             sid = c.post("/v1/sessions", json={}).json()["id"]
             error(c.patch(f"/v1/sessions/{sid}", json={"memory": {"banks": [{"text": huge}]}}), 422, "bank_too_large")
+            err = error(chat(c, {"banks": [{"text": " ".join(["pirate"] * 70)}]}), 422, "bank_too_large")
+            assert "has 70 tokens" in err["message"]  # a text not far over the limit: counted exactly
         print(f"20,000-word inline bank refused in {refused_in * 1000:.1f} ms while the model was held")
         assert c.get("/v1/banks/huge").status_code == 404
 

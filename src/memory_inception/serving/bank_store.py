@@ -148,12 +148,19 @@ class BankStore:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_text(self, text: str, what: str = "the bank's text") -> int:
-        """422 unless `text` fits `max_bank_tokens`; returns its tokens."""
-        tokens = self.text_tokens(text)
-        if tokens > self.max_bank_tokens:
-            raise ApiError(422, f"{what} has {tokens} tokens; this server's limit is {self.max_bank_tokens} tokens "
-                                "per bank (max_bank_tokens): shorten it or split it into several banks",
-                           code="bank_too_large")
+        """422 unless `text` fits `max_bank_tokens`; returns its tokens. A long text is judged by a head of it first
+        (cut at a space, with a margin for the cut), so a huge one is refused without tokenizing all of it."""
+        limit = self.max_bank_tokens
+        head = len(text) > 16 * limit and text[: 16 * limit].rsplit(" ", 1)[0]
+        tokens = self.text_tokens(head) if head else 0
+        if tokens > limit + 16:
+            count = f"more than {limit} tokens ({tokens} in its first {len(head)} characters)"
+        else:
+            tokens = self.text_tokens(text)
+            count = f"{tokens} tokens"
+        if tokens > limit:
+            raise ApiError(422, f"{what} has {count}; this server's limit is {limit} tokens per bank "
+                                "(max_bank_tokens): shorten it or split it into several banks", code="bank_too_large")
         return tokens
 
     def check_memory(self, memory: MemorySpec) -> int:
