@@ -6,7 +6,7 @@ per forward which rows are steered (decoder pre-hook) and the RoPE applied (rota
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import ExitStack
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ class Injection:
         self.steering = steering
         self.state = ForwardState()
         self.plans: dict[int, LayerPlan] = self._plan() if steering.banks else {}
-        self._handles: list[Any] = []
+        self._exit = ExitStack()  # what __exit__ undoes
         self._original_impl: str | None = None
         self._active = False
 
@@ -128,29 +128,26 @@ class Injection:
                 "flash-attn is installed), or call model.set_attn_implementation('sdpa')"
             )
         self._original_impl = impl
-        try:
+        with ExitStack() as stack:  # undone in reverse order on exit, or at once if anything here fails
+            stack.callback(self._unplan)
             rope = rotary_embedding(self.model)
             decoder = _owner_of(self.model, rope)
-            self._handles.append(decoder.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+            stack.enter_context(decoder.register_forward_pre_hook(self._before_forward, with_kwargs=True))
             if self.steering.positions == "canonical":
-                self._handles.append(rope.register_forward_hook(self._capture_rope))
+                stack.enter_context(rope.register_forward_hook(self._capture_rope))
             modules = attention_modules(self.model)
             for layer, plan in self.plans.items():
                 modules[layer]._mi_plan = plan
             self.model.set_attn_implementation(steered_name(impl))
             self._active = True
-        except BaseException:
-            self._restore()
-            raise
+            self._exit = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._restore()
+        self._exit.close()
 
-    def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _unplan(self) -> None:
+        """Drop the plans and the steered attention implementation; forget the forward's prepared state."""
         for module in attention_modules(self.model).values():
             module.__dict__.pop("_mi_plan", None)
         if self._original_impl is not None and text_config(self.model)._attn_implementation != self._original_impl:

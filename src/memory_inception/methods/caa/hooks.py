@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from contextlib import ExitStack
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ class ActivationAddition:
         self.multiplier = float(multiplier)
         self.layers = tuple(chosen)
         self.steer_from = steer_from
-        self._handles: list[Any] = []
+        self._exit = ExitStack()  # what __exit__ undoes
         self._deltas: dict[int, torch.Tensor] = {}
         self._masks: dict[int, torch.Tensor | None] = {}
         self._active = False
@@ -54,34 +54,29 @@ class ActivationAddition:
     def __enter__(self) -> ActivationAddition:
         if self._active:
             raise CAAError("this ActivationAddition is already active; create a new one to nest steering")
-        self._active = True
-        if self.multiplier == 0.0 or not self.layers:
-            return self  # an exact no-op: no hook at all
-        try:
-            param = next(self.model.parameters())
-            modules = decoder_layers(self.model)
-            attention = attention_modules(self.model)
-            for layer in self.layers:
-                self._deltas[layer] = (self.multiplier * self.vector.vectors[layer]).to(
-                    device=param.device, dtype=param.dtype
-                )
-                self._handles.append(
-                    modules[layer].register_forward_pre_hook(self._pre_hook(layer), with_kwargs=True)
-                )
-                if self.vector.placement == "attention":
-                    self._handles.append(attention[layer].register_forward_hook(self._attention_hook(layer)))
-        except BaseException:
-            self._remove()
-            raise
+        with ExitStack() as stack:  # undone in reverse order on exit, or at once if a hook cannot be placed
+            stack.callback(self._forget)
+            self._active = True
+            if self.multiplier != 0.0 and self.layers:  # else an exact no-op: no hook at all
+                param = next(self.model.parameters())
+                modules = decoder_layers(self.model)
+                attention = attention_modules(self.model)
+                for layer in self.layers:
+                    self._deltas[layer] = (self.multiplier * self.vector.vectors[layer]).to(
+                        device=param.device, dtype=param.dtype
+                    )
+                    stack.enter_context(
+                        modules[layer].register_forward_pre_hook(self._pre_hook(layer), with_kwargs=True)
+                    )
+                    if self.vector.placement == "attention":
+                        stack.enter_context(attention[layer].register_forward_hook(self._attention_hook(layer)))
+            self._exit = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._remove()
+        self._exit.close()
 
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _forget(self) -> None:
         self._deltas.clear()
         self._masks.clear()
         self._active = False
