@@ -322,7 +322,8 @@ def test_mi_serve_command_is_wired():
 
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
-    for option in ("--model", "--host", "--port", "--bank-dir", "--api-key"):
+    for option in ("--model", "--host", "--port", "--bank-dir", "--api-key", "--sessions-db", "--max-queue",
+                   "--request-timeout", "--max-bank-tokens", "--max-memory-slots"):
         assert option in result.output
 
 
