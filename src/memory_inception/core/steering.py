@@ -20,6 +20,29 @@ Normalize = Literal["paper", "none"]
 
 SCHEDULES = ("flat", "middle_heavy", "late_heavy", "early_heavy", "rank_linear", "full_per_layer")
 
+PREFILLS = ("last", "all", "none")
+NORMALIZE = ("paper", "none")
+NUMBERS = ("rho", "positive_gain", "negative_gain", "gate_scale")  # rho may also be None (resolved later)
+
+
+def check_settings(settings: object, choices: dict[str, Sequence[str]]) -> dict[str, float]:
+    """Check the settings every steering shares (a `Steering`, a vLLM request's): each attribute named in `choices`
+    holds one of its values, and `NUMBERS` are finite numbers (rho may be None). Returns those numbers as floats."""
+    for name, allowed in choices.items():
+        value = getattr(settings, name)
+        if value not in allowed:
+            raise SteeringError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+    numbers = {}
+    for name in NUMBERS:
+        value = getattr(settings, name)
+        if value is None and name == "rho":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SteeringError(f"{name}={value!r} is not a finite number")
+        numbers[name] = float(value)
+    return numbers
+
+
 @dataclass(frozen=True)
 class Steering:
     """What to inject: banks by role, where (sites), how strongly, and which positions.
@@ -48,24 +71,12 @@ class Steering:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Bank)):
                 raise SteeringError(f"auxiliary must be a sequence of (bank, gain) pairs, got {item!r}")
         object.__setattr__(self, "auxiliary", tuple((b, float(g)) for b, g in aux))
-        for name, value, allowed in (
-            ("schedule", self.schedule, SCHEDULES),
-            ("prefill", self.prefill, ("last", "all", "none")),
-            ("positions", self.positions, ("canonical", "prefix")),
-            ("normalize", self.normalize, ("paper", "none")),
-        ):
-            if value not in allowed:
-                raise SteeringError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        check_settings(self, {"schedule": SCHEDULES, "prefill": PREFILLS, "positions": ("canonical", "prefix"),
+                              "normalize": NORMALIZE})
         for name in ("target", "reference"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Bank):
                 raise SteeringError(f"{name} must be a Bank (mi.build_bank or mi.Bank.load), got {type(value).__name__}")
-        for name in ("rho", "positive_gain", "negative_gain", "gate_scale"):
-            value = getattr(self, name)
-            if value is None and name == "rho":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise SteeringError(f"{name}={value!r} is not a finite number")
         if self.sites is not None and not isinstance(self.sites, Sites):
             raise SteeringError(f"sites must be mi.Sites, got {type(self.sites).__name__}")
 

@@ -14,14 +14,19 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from memory_inception.core.sites import Sites, parse_layers
-from memory_inception.core.steering import SCHEDULES, Steering, steering_from_roles
+from memory_inception.core.steering import (
+    NORMALIZE,
+    PREFILLS,
+    ROLES,
+    SCHEDULES,
+    Steering,
+    check_settings,
+    steering_from_roles,
+)
 from memory_inception.errors import SteeringError
 from memory_inception.vllm.bankdir import BankDirectory
 
 EXTRA_ARGS_KEY = "memory_inception"
-ROLES = ("target", "reference", "auxiliary")
-PREFILLS = ("last", "all", "none")
-NORMALIZE = ("paper", "none")
 
 
 @dataclass(frozen=True)
@@ -64,22 +69,11 @@ class RequestSteering:
         for role in ("target", "reference"):
             if sum(b.role == role for b in banks) > 1:
                 raise SteeringError(f"more than one {role!r} bank; give the others role 'auxiliary'")
-        for name, value, allowed in (
-            ("schedule", self.schedule, SCHEDULES),
-            ("prefill", self.prefill, PREFILLS),
-            ("normalize", self.normalize, NORMALIZE),
-        ):
-            if value not in allowed:
-                raise SteeringError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        numbers = check_settings(self, {"schedule": SCHEDULES, "prefill": PREFILLS, "normalize": NORMALIZE})
         if self.schedule == "rank_linear":
             raise SteeringError("schedule 'rank_linear' needs a selection artifact's layer scores; pick another schedule")
-        for name in ("rho", "positive_gain", "negative_gain", "gate_scale"):
-            value = getattr(self, name)
-            if value is None and name == "rho":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise SteeringError(f"{name}={value!r} is not a finite number")
-            object.__setattr__(self, name, float(value))
+        for name, value in numbers.items():
+            object.__setattr__(self, name, value)
         if not isinstance(self.gate, bool):
             raise SteeringError(f"gate={self.gate!r} must be true or false")
         if self.layers is not None and self.sites is not None:
