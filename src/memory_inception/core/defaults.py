@@ -16,6 +16,8 @@ BAND_START = 0.7  # the site band starts at 70% of the depth ...
 BAND_WIDTH = 6  # ... and spans six consecutive layers, every head
 RULE_RHO = 3.0
 RULE_CAA_MULTIPLIER = 2.0
+# The strengths `mi.tune` tries when the table has none for the model.
+RULE_TUNE_RHOS = (-8.0, -4.0, 0.0, 3.0, 6.0)
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,22 @@ class ModelDefaults:
     calibrated_rho: float | None = None
     name: str | None = None
     fingerprint: str | None = None
+    # Units best first, from the multi-pair KV-group selection; `mi.tune` cuts candidate site sets from it.
+    ranking: tuple[tuple[int, int], ...] = ()
+    tune_rhos: tuple[float, ...] = RULE_TUNE_RHOS
 
     @property
     def eval_rho(self) -> float:
         """The strength `mi eval` runs MI at by default."""
         return self.calibrated_rho if self.calibrated_rho is not None else self.rho
+
+
+def groups_to_heads(geo: ModelGeometry, units: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> dict[int, tuple[int, ...]]:
+    """`{layer: query heads}` reading the given (layer, KV group) units."""
+    heads: dict[int, list[int]] = {}
+    for layer, g in units:
+        heads.setdefault(int(layer), []).extend(range(int(g) * geo.group_size, (int(g) + 1) * geo.group_size))
+    return {layer: tuple(sorted(hs)) for layer, hs in sorted(heads.items())}
 
 
 def rule_layers(num_layers: int) -> tuple[int, ...]:
