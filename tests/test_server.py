@@ -222,6 +222,46 @@ def test_evicted_session_cache_is_rebuilt(locked_server):
         assert len(http.get(f"/v1/sessions/{a}").json()["messages"]) == 4
 
 
+def test_a_budget_for_two_caches_evicts_the_least_recently_used_one_only(http, model_and_tok, tmp_path):
+    """The budget is measured from a real cache: exactly two sessions' caches after one equal turn each. A third
+    session's turn evicts the first one only; a later turn that outgrows the budget evicts the least recently used
+    other cache (not its own)."""
+    model, tok = model_and_tok
+    turn = {"content": "Hi!", "max_tokens": 4, "temperature": 0}
+    probe = http.post("/v1/sessions", json={}).json()["id"]  # the shared server: a large budget
+    assert http.post(f"/v1/sessions/{probe}/messages", json=turn).status_code == 200
+    one = http.get(f"/v1/sessions/{probe}").json()["cache"]["bytes"]
+    assert one > 0
+    http.delete(f"/v1/sessions/{probe}")
+
+    running = RunningServer(create_app(model, tok, bank_dir=tmp_path, model_id=MODEL_ID, max_tokens_limit=64,
+                                       session_cache_bytes=2 * one))
+    try:
+        with httpx.Client(base_url=running.url, timeout=120) as c:
+            a, b, third = (c.post("/v1/sessions", json={}).json()["id"] for _ in range(3))
+
+            def caches():
+                return {sid: c.get(f"/v1/sessions/{sid}").json()["cache"] for sid in (a, b, third)}
+
+            for sid in (a, b):
+                assert c.post(f"/v1/sessions/{sid}/messages", json=turn).json()["cache"] == "new"
+            assert [v["bytes"] for v in caches().values()] == [one, one, 0]  # two fit: nothing evicted
+            assert c.post(f"/v1/sessions/{third}/messages", json=turn).json()["cache"] == "new"
+            now = caches()
+            assert now[a] == {"tokens": 0, "bytes": 0, "evicted": True}
+            assert now[b]["bytes"] == now[third]["bytes"] == one and not now[b]["evicted"] and not now[third]["evicted"]
+
+            again = c.post(f"/v1/sessions/{b}/messages", json={**turn, "content": "And you?"}).json()
+            assert again["cache"] == "reused"
+            now = caches()
+            assert one < now[b]["bytes"] <= 2 * one and not now[b]["evicted"]  # b outgrew the budget with `third`
+            assert now[third]["evicted"] and now[third]["bytes"] == 0 and now[a]["evicted"]
+            assert c.post(f"/v1/sessions/{a}/messages", json=turn).json()["cache"] == "rebuilt"
+            assert len(c.get(f"/v1/sessions/{a}").json()["messages"]) == 4  # the transcript stayed
+    finally:
+        running.stop()
+
+
 # ---------------------------------------------------------------------------- bad input and auth
 
 
@@ -306,13 +346,40 @@ def test_sixteen_simultaneous_requests_equal_their_solo_runs(http):
     assert together == [solo[i % 4] for i in range(16)]
 
 
-def test_sampling_with_a_seed_is_reproducible(client):
-    def sample(seed):
-        r = client.chat.completions.create(model=MODEL_ID, messages=QUESTION, max_tokens=6, temperature=1.2,
-                                           top_p=0.95, seed=seed)
-        return r.choices[0].message.content
+def test_a_seeded_sample_is_the_models_own_sample_with_that_seed(client, model_and_tok, bank_dir):
+    """A seeded reply equals the model's own sampling (a plain `generate`, torch.manual_seed, the same
+    temperature and top-p) run here, outside the server; two seeds give two samples; a restarted server (a new app
+    on the model) gives the same sample for the same seed."""
+    from fastapi.testclient import TestClient
 
-    assert sample(7) == sample(7)
+    from memory_inception.serving.locks import model_lock
+
+    model, tok = model_and_tok
+    sampling = {"max_tokens": 6, "temperature": 1.2, "top_p": 0.95}
+
+    def served(seed, via=None):
+        if via is None:
+            return client.chat.completions.create(model=MODEL_ID, messages=QUESTION, seed=seed,
+                                                  **sampling).choices[0].message.content
+        r = via.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": QUESTION, "seed": seed, **sampling})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    def own(seed):
+        prompt = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+        with model_lock(model), torch.no_grad():  # the server is idle; the lock only makes sure of it
+            torch.manual_seed(seed)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                 temperature=1.2, top_p=0.95, max_new_tokens=6, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    greedy = _chat(client, max_tokens=6).choices[0].message.content
+    samples = {seed: served(seed) for seed in (7, 8)}
+    assert samples == {seed: own(seed) for seed in (7, 8)}
+    assert samples[7] != samples[8] and greedy not in samples.values()
+    with TestClient(create_app(model, tok, bank_dir=bank_dir, model_id=MODEL_ID)) as again:
+        assert served(7, again) == samples[7]
 
 
 def test_mi_serve_command_is_wired():
