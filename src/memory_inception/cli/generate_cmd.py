@@ -9,23 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from memory_inception.cli.common import (
-    DeviceMapOpt,
-    DeviceOpt,
-    DtypeOpt,
-    LayersOpt,
-    ModelOpt,
-    RhoOpt,
-    TokensOpt,
-    bank_from,
-    console,
-    fail,
-    load,
-    parse_layers,
-    read_text,
-    reply,
-    sites_from,
-)
+from memory_inception.cli import common
 from memory_inception.core.banks import build_bank
 from memory_inception.core.defaults import model_defaults
 from memory_inception.core.sites import Sites
@@ -38,7 +22,7 @@ def models() -> None:
     from memory_inception.hf.models import available_models
 
     for name in available_models():
-        console.print(name)
+        common.console.print(name)
 
 
 def generate(
@@ -46,62 +30,62 @@ def generate(
     bank: Annotated[Optional[str], typer.Option("--bank", "-b", help="Target bank: a bank file or guidance text.")] = None,
     reference: Annotated[Optional[str], typer.Option(help="Reference bank (steer away from it): file or text.")] = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Auxiliary bank FILE_OR_TEXT=GAIN; repeatable.")] = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    device_map: DeviceMapOpt = None,
-    layers: LayersOpt = None,
+    model: common.ModelOpt = None,
+    device: common.DeviceOpt = None,
+    dtype: common.DtypeOpt = None,
+    device_map: common.DeviceMapOpt = None,
+    layers: common.LayersOpt = None,
     sites: Annotated[Optional[Path], typer.Option(help="Sites JSON (e.g. from `mi select`).")] = None,
-    rho: RhoOpt = None,
+    rho: common.RhoOpt = None,
     prefill: Annotated[str, typer.Option(help="last | all | none")] = "last",
     system: Annotated[Optional[str], typer.Option(help="A visible system message.")] = None,
-    max_new_tokens: TokensOpt = 96,
+    max_new_tokens: common.TokensOpt = 96,
 ) -> None:
-    """Generate a reply to PROMPT, steered by banks (greedy)."""
+    """Generate a common.reply to PROMPT, steered by banks (greedy)."""
     try:
-        m, tok = load(model, device, dtype, device_map)
-        chosen = sites_from(m, parse_layers(layers), sites)
+        m, tok = common.load(model, device, dtype, device_map)
+        chosen = common.sites_from(m, common.parse_layers(layers), sites)
         auxiliary = []
         for item in aux or []:
             spec, _, gain = item.rpartition("=")
             if not spec:
                 raise typer.BadParameter(f"--aux takes FILE_OR_TEXT=GAIN, got {item!r}")
-            auxiliary.append((bank_from(m, tok, spec, chosen), float(gain)))
+            auxiliary.append((common.bank_from(m, tok, spec, chosen), float(gain)))
         steering = Steering(
-            target=bank_from(m, tok, bank, chosen) if bank else None,
-            reference=bank_from(m, tok, reference, chosen) if reference else None,
+            target=common.bank_from(m, tok, bank, chosen) if bank else None,
+            reference=common.bank_from(m, tok, reference, chosen) if reference else None,
             auxiliary=auxiliary, sites=chosen, rho=rho, prefill=prefill,
         )
-        console.print(reply(m, tok, prompt, steering, max_new_tokens, system), markup=False)
+        common.console.print(common.reply(m, tok, prompt, steering, max_new_tokens, system), markup=False)
     except MemoryInceptionError as exc:
-        fail(exc)
+        common.fail(exc)
 
 
 def chat(
     bank: Annotated[Optional[str], typer.Option("--bank", "-b", help="Initial target bank: file or text.")] = None,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    device_map: DeviceMapOpt = None,
-    layers: LayersOpt = None,
-    rho: RhoOpt = None,
-    max_new_tokens: TokensOpt = 128,
+    model: common.ModelOpt = None,
+    device: common.DeviceOpt = None,
+    dtype: common.DtypeOpt = None,
+    device_map: common.DeviceMapOpt = None,
+    layers: common.LayersOpt = None,
+    rho: common.RhoOpt = None,
+    max_new_tokens: common.TokensOpt = 128,
 ) -> None:
     """Chat in the terminal. Commands: /bank FILE_OR_TEXT, /bank off, /rho X, /reset, /quit."""
     from memory_inception.hf.session import Session
 
-    m, tok = load(model, device, dtype, device_map)
-    layer_list = parse_layers(layers)
-    sites = sites_from(m, layer_list, None)
+    m, tok = common.load(model, device, dtype, device_map)
+    layer_list = common.parse_layers(layers)
+    sites = common.sites_from(m, layer_list, None)
     try:
-        target = bank_from(m, tok, bank, sites) if bank else None
+        target = common.bank_from(m, tok, bank, sites) if bank else None
     except MemoryInceptionError as exc:
-        fail(exc)
+        common.fail(exc)
     session = Session(m, tok, Steering(target=target, sites=sites, rho=rho))
-    console.print("[dim]/bank FILE_OR_TEXT, /bank off, /rho X, /reset, /quit[/dim]")
+    common.console.print("[dim]/bank FILE_OR_TEXT, /bank off, /rho X, /reset, /quit[/dim]")
     while True:
         try:
-            line = console.input("[bold]you>[/bold] ").strip()
+            line = common.console.input("[bold]you>[/bold] ").strip()
         except (EOFError, KeyboardInterrupt):
             break
         if not line:
@@ -111,23 +95,23 @@ def chat(
         try:
             if line.startswith("/bank"):
                 arg = line[len("/bank") :].strip()
-                target = None if arg in ("", "off") else bank_from(m, tok, arg, sites)
+                target = None if arg in ("", "off") else common.bank_from(m, tok, arg, sites)
                 session.steering = Steering(target=target, sites=sites, rho=session.steering.rho)
-                console.print(f"[dim]guidance: {target.name if target else 'none'} (transcript unchanged)[/dim]")
+                common.console.print(f"[dim]guidance: {target.name if target else 'none'} (transcript unchanged)[/dim]")
             elif line.startswith("/rho"):
                 value = float(line.split()[1])
                 st = session.steering
                 session.steering = Steering(target=st.target, sites=st.sites, rho=value)
-                console.print(f"[dim]rho = {value:g}[/dim]")
+                common.console.print(f"[dim]rho = {value:g}[/dim]")
             elif line == "/reset":
                 session.reset()
-                console.print("[dim]conversation cleared[/dim]")
+                common.console.print("[dim]conversation cleared[/dim]")
             elif line.startswith("/"):
-                console.print("[dim]unknown command; /bank, /rho, /reset, /quit[/dim]")
+                common.console.print("[dim]unknown command; /bank, /rho, /reset, /quit[/dim]")
             else:
-                console.print(f"[bold]mi>[/bold] {session.send(line, max_new_tokens=max_new_tokens)}", markup=False)
+                common.console.print(f"[bold]mi>[/bold] {session.send(line, max_new_tokens=max_new_tokens)}", markup=False)
         except (MemoryInceptionError, ValueError, IndexError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            common.console.print(f"[red]error:[/red] {exc}")
 
 
 DEMO_GUIDANCE = (
@@ -140,28 +124,28 @@ DEMO_PROMPTS = ("What is your favorite food?", "How do I make a cup of tea?", "G
 
 
 def demo(
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    device_map: DeviceMapOpt = None,
+    model: common.ModelOpt = None,
+    device: common.DeviceOpt = None,
+    dtype: common.DtypeOpt = None,
+    device_map: common.DeviceMapOpt = None,
     guidance: Annotated[str, typer.Option(help="The guidance text (or @file).")] = DEMO_GUIDANCE,
-    layers: LayersOpt = None,
-    rho: RhoOpt = None,
-    max_new_tokens: TokensOpt = 48,
+    layers: common.LayersOpt = None,
+    rho: common.RhoOpt = None,
+    max_new_tokens: common.TokensOpt = 48,
 ) -> None:
     """The same prompts plain, with the guidance as a visible system prompt, and as an MI bank; plus KV bytes."""
     from memory_inception.core.architecture import geometry
     from memory_inception.core.storage import prompt_kv_bytes
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    m, tok = load(model, device, dtype, device_map)
-    text = read_text(guidance)
-    sites = sites_from(m, parse_layers(layers), None) or Sites.default(m)
+    m, tok = common.load(model, device, dtype, device_map)
+    text = common.read_text(guidance)
+    sites = common.sites_from(m, common.parse_layers(layers), None) or Sites.default(m)
     bank = build_bank(m, tok, text, layers=list(sites.layers), name="guidance")
     steering = Steering(target=bank, sites=sites, rho=rho)
     geo = geometry(m)
-    console.print(f"[bold]guidance:[/bold] {text}")
-    console.print(
+    common.console.print(f"[bold]guidance:[/bold] {text}")
+    common.console.print(
         f"[dim]model: {geo.model_type}, {geo.num_layers} layers, {geo.num_heads} heads ({geo.num_kv_heads} KV); "
         f"MI sites: all heads of layers {sites.layers[0]}-{sites.layers[-1]}, rho {steering.rho if steering.rho is not None else model_defaults(geo, fingerprint=bank.fingerprint).rho:g}, greedy[/dim]"
     )
@@ -170,19 +154,19 @@ def demo(
     for col in ("plain", "visible system prompt", "MI bank (hidden)"):
         table.add_column(col, ratio=1)
     for prompt in DEMO_PROMPTS:
-        with console.status(f"generating: {prompt}"):
+        with common.console.status(f"generating: {prompt}"):
             row = [
-                reply(m, tok, prompt, None, max_new_tokens),
-                reply(m, tok, prompt, None, max_new_tokens, system=text),
-                reply(m, tok, prompt, steering, max_new_tokens),
+                common.reply(m, tok, prompt, None, max_new_tokens),
+                common.reply(m, tok, prompt, None, max_new_tokens, system=text),
+                common.reply(m, tok, prompt, steering, max_new_tokens),
             ]
         table.add_row(prompt, *row)
-    console.print(table)
+    common.console.print(table)
     system_turn = tok.apply_chat_template([{"role": "system", "content": text}], tokenize=False)
     visible_tokens = len(tok(system_turn, add_special_tokens=False)["input_ids"])
     prompt_bytes = prompt_kv_bytes(m, visible_tokens)
     mi_bytes = bank.nbytes  # built at the site layers only: what it stores
-    console.print(
+    common.console.print(
         f"KV bytes for the guidance: visible prompt {prompt_bytes:,} ({visible_tokens} tokens x {geo.num_layers} layers); "
         f"MI bank {mi_bytes:,} ({bank.num_slots} slots x {len(bank.layers)} layers); "
         f"ratio {prompt_bytes / mi_bytes:.1f}x. The MI transcript holds none of the guidance."

@@ -7,18 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from memory_inception.cli.common import (
-    DeviceMapOpt,
-    DeviceOpt,
-    DtypeOpt,
-    LayersOpt,
-    ModelOpt,
-    console,
-    fail,
-    load,
-    parse_layers,
-    read_text,
-)
+from memory_inception.cli import common
 from memory_inception.core.banks import Bank
 from memory_inception.core.memory import build_memory
 from memory_inception.errors import MemoryInceptionError
@@ -43,19 +32,19 @@ def bank_quantize(
         quantized = bank.quantize(bits)
         written = quantized.save(output)
     except MemoryInceptionError as exc:
-        fail(exc)
-    console.print(f"wrote {written}: bank {bank.name!r} as {quantized.quantization.name}, {bank.nbytes:,} -> "
+        common.fail(exc)
+    common.console.print(f"wrote {written}: bank {bank.name!r} as {quantized.quantization.name}, {bank.nbytes:,} -> "
                   f"{quantized.nbytes:,} bytes ({bank.nbytes / quantized.nbytes:.1f}x smaller)")
 
 
 def memory_build(
     documents: Annotated[list[str], typer.Argument(help="Documents: texts, or @file to read one from a file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Memory bank file to write (.safetensors).")],
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    device_map: DeviceMapOpt = None,
-    layers: LayersOpt = None,
+    model: common.ModelOpt = None,
+    device: common.DeviceOpt = None,
+    dtype: common.DtypeOpt = None,
+    device_map: common.DeviceMapOpt = None,
+    layers: common.LayersOpt = None,
     name: Annotated[str, typer.Option(help="Memory name.")] = "memory",
     top_k: Annotated[int, typer.Option("--top-k", help="Slots each query row reads.")] = 32,
     chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="New tokens per forward.")] = 512,
@@ -66,15 +55,15 @@ def memory_build(
 ) -> None:
     """Build a memory bank (one slot per token, read top-k per query) from long documents and save it."""
     try:
-        texts = [read_text(d) for d in documents]
-        m, tok = load(model, device, dtype, device_map)
-        with console.status(f"running {len(texts)} document(s) through the model in chunks of {chunk_tokens}..."):
+        texts = [common.read_text(d) for d in documents]
+        m, tok = common.load(model, device, dtype, device_map)
+        with common.console.status(f"running {len(texts)} document(s) through the model in chunks of {chunk_tokens}..."):
             memory = build_memory(
-                m, tok, texts, layers=parse_layers(layers), name=name, chunk_tokens=chunk_tokens, overlap=overlap,
+                m, tok, texts, layers=common.parse_layers(layers), name=name, chunk_tokens=chunk_tokens, overlap=overlap,
                 top_k=top_k, index=index, normalize=normalize, quantize=quantize,  # type: ignore[arg-type]
             )
         path = memory.save(output)
     except MemoryInceptionError as exc:
-        fail(exc)
-    console.print(f"wrote {path}: memory {memory.name!r}, {memory.num_slots:,} slots x {len(memory.layers)} layers, "
+        common.fail(exc)
+    common.console.print(f"wrote {path}: memory {memory.name!r}, {memory.num_slots:,} slots x {len(memory.layers)} layers, "
                   f"read top {top_k}, {memory.nbytes:,} bytes")

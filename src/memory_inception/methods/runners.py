@@ -32,9 +32,7 @@ def render(tokenizer: Any, method: Method, messages: Messages) -> tuple[list[int
 
 
 def generate(
-    model: nn.Module,
-    tokenizer: Any,
-    method: Method,
+    model: nn.Module, tokenizer: Any, method: Method,
     conversations: Sequence[Messages],
     *,
     max_new_tokens: int = 64,
@@ -54,9 +52,7 @@ def generate(
 
 
 def score(
-    model: nn.Module,
-    tokenizer: Any,
-    method: Method,
+    model: nn.Module, tokenizer: Any, method: Method,
     conversations: Sequence[Messages],
     continuations: Sequence[str | Sequence[int]],
     *,
@@ -88,9 +84,7 @@ def score(
 
 
 def next_token_logprobs(
-    model: nn.Module,
-    tokenizer: Any,
-    method: Method,
+    model: nn.Module, tokenizer: Any, method: Method,
     conversations: Sequence[Messages],
     *,
     answer_prefix: str = "",
@@ -116,9 +110,7 @@ def next_token_logprobs(
 
 
 def score_shared(
-    model: nn.Module,
-    tokenizer: Any,
-    method: Method,
+    model: nn.Module, tokenizer: Any, method: Method,
     conversation: Messages,
     continuations: Sequence[str | Sequence[int]],
     *,
@@ -181,9 +173,7 @@ def score_shared(
 
 
 def statement_margin(
-    model: nn.Module,
-    tokenizer: Any,
-    method: Method,
+    model: nn.Module, tokenizer: Any, method: Method,
     matching: Sequence[str],
     nonmatching: Sequence[str],
     *,
