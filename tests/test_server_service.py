@@ -129,7 +129,7 @@ def test_the_deadline_stops_a_long_generation(model_and_tok, tmp_path):
 
 
 def test_a_corrupt_bank_file_is_named_not_located(server, http):
-    running, app = server
+    _, app = server
     bank_dir = app.state.service.banks.bank_dir
     (bank_dir / "evil.safetensors").write_bytes(b"\x00" * 64)
     for r in (http.get("/v1/banks/evil"), http.post("/v1/chat/completions", json=body(
