@@ -49,6 +49,7 @@ from memory_inception.tuning.calibration import (
     statement_control,
 )
 from memory_inception.tuning.selection import Selection, select_sites
+from memory_inception.tuning.tune import Trial, Tuning, tune
 
 # Names of the evaluation layer, imported on first use (so `import memory_inception` stays light).
 _LAZY = {
@@ -96,6 +97,8 @@ __all__ = [
     "Steering",
     "SteeringError",
     "SteeringVector",
+    "Trial",
+    "Tuning",
     "ab_pairs",
     "as_memory",
     "available_models",
@@ -120,5 +123,6 @@ __all__ = [
     "statement_control",
     "statement_margin",
     "statement_pairs",
+    "tune",
 ]
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ memory_app = typer.Typer(help="Memory banks: long documents read top-k per query
 app.add_typer(memory_app, name="memory")
 memory_app.command("build")(memory_cmd.memory_build)
 for command in (generate_cmd.models, generate_cmd.generate, generate_cmd.chat, generate_cmd.demo,
-                tuning_cmd.select, tuning_cmd.calibrate, serve_cmd.serve):
+                tuning_cmd.select, tuning_cmd.calibrate, tuning_cmd.tune, serve_cmd.serve):
     app.command()(command)
 app.command("eval")(eval_cmd.eval_)
 app.command()(eval_cmd.report)

@@ -38,15 +38,27 @@ def bank_build(
     keep: Annotated[str, typer.Option(help="descriptor | all")] = "descriptor",
     pooling: Annotated[str, typer.Option(help="concat | mean")] = "concat",
     chat_template: Annotated[bool, typer.Option(help="Render as a system message with the chat template.")] = True,
+    tune: Annotated[bool, typer.Option("--tune", help="Choose sites and strength for this bank (mi.tune) and store them in the file.")] = False,
+    budget: Annotated[float, typer.Option("--budget", help="Time budget of --tune in seconds.")] = 120.0,
 ) -> None:
     """Build a bank from TEXT and save it."""
+    if tune and layers is not None:
+        raise typer.BadParameter("--tune chooses the sites itself; drop --layers (or drop --tune)")
     try:
         m, tok = load(model, device, dtype, device_map)
         bank = build_bank(
-            m, tok, read_text(text), layers=parse_layers(layers), name=name,
+            m, tok, read_text(text), layers="all" if tune else parse_layers(layers), name=name,
             templates=tuple(template) if template else ("{descriptor}",), variants=variants, keep=keep,
             pooling=pooling, chat_template=chat_template,
         )
+        if tune:
+            from memory_inception.tuning.tune import Tuning
+            from memory_inception.tuning.tune import tune as tune_bank
+
+            with console.status(f"tuning (budget {budget:g} s)..."):
+                bank = tune_bank(m, tok, bank, time_budget_s=budget).target
+            chosen = Tuning.of(bank)
+            console.print(f"tuned: {chosen.best.label}, rho {chosen.rho:g} ({chosen.reason}; {chosen.seconds:.0f} s)")
         path = bank.save(output)
     except MemoryInceptionError as exc:
         fail(exc)

@@ -149,3 +149,36 @@ def calibrate(
         console.print(f"[bold]best rho: {result.best:g}[/bold]")
     if output is not None:
         console.print(f"wrote {result.save(output)}")
+
+
+def tune(
+    bank: Annotated[str, typer.Argument(help="The bank to tune: a bank file or guidance text (@file reads a file).")],
+    reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference bank (file or text); default: a neutral text of the same length.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the tuned bank (.safetensors): it stores the chosen sites and strength.")] = None,
+    record: Annotated[Optional[Path], typer.Option("--record", help="Write what was tried as JSON.")] = None,
+    budget: Annotated[float, typer.Option("--budget", help="Time budget in seconds.")] = 120.0,
+    prompts: Annotated[Optional[str], typer.Option(help="@file with one neutral prompt per line (default: 8 built-in).")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Choose sites and strength for one bank from its text alone (mi.tune), and show what was tried."""
+    from memory_inception.tuning.tune import Tuning
+    from memory_inception.tuning.tune import tune as tune_bank
+
+    try:
+        m, tok = load(model, device, dtype, device_map)
+        every = Sites.all(m)
+        target = bank_from(m, tok, bank, every)
+        ref = bank_from(m, tok, reference, every) if reference else None
+        with console.status(f"tuning (budget {budget:g} s)..."):
+            steering = tune_bank(m, tok, target, reference=ref, prompts=prompt_lines(prompts), time_budget_s=budget)
+        result = Tuning.of(steering)
+        console.print(str(result), markup=False)
+        if output is not None:
+            console.print(f"wrote {steering.target.save(output)} (mi.Steering(target=bank) uses the tuned settings)")
+        if record is not None:
+            console.print(f"wrote {result.save(record)}")
+    except MemoryInceptionError as exc:
+        fail(exc)
