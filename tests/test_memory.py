@@ -253,3 +253,24 @@ def test_cli_memory_build_and_generate(tmp_path):
     assert memory.options["documents"] == 2 and memory.num_slots > 200
     gen = runner.invoke(app, ["generate", "What is the passkey of the blue door?", "--bank", str(out), "-n", "6"])
     assert gen.exit_code == 0, gen.output and gen.output.strip()
+
+
+def test_long_memory_task_keeps_its_memory_in_the_run_directory(tiny_tokenizer, tmp_path):
+    from memory_inception.errors import EvaluationError
+    from memory_inception.evaluation.base import Context
+    from memory_inception.evaluation.config import EvalConfig, MIConfig
+    from memory_inception.evaluation.tasks.long_memory import LongMemoryOptions, memory_bank
+
+    model = make_tiny("llama")
+    cfg = EvalConfig(task="long-memory", device="cpu", mi=MIConfig(sites="1-2"))
+    ctx = Context(cfg, tmp_path, model, tiny_tokenizer)
+    opts = LongMemoryOptions(facts=4, chunk_tokens=6, overlap=2)
+    doc = "tell me about cats dogs ships math and the weather today"
+    built, from_file = memory_bank(ctx, opts, 300, doc)
+    assert not from_file and built.layers == (1, 2)  # the run's sites
+    [path] = (tmp_path / "banks").iterdir()
+    assert path.name == "memory-300-4facts-seed0-c6-o2-float32.safetensors"
+    again, from_file = memory_bank(ctx, opts, 300, doc)
+    assert from_file and again.token_ids == built.token_ids and torch.equal(again.keys(1), built.keys(1))
+    with pytest.raises(EvaluationError, match="different document"):
+        memory_bank(ctx, opts, 300, doc + " again")

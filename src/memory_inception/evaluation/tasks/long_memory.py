@@ -12,6 +12,7 @@ three other facts' numbers) after "The pass key of the NAME is" (multiple choice
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Iterable
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from memory_inception.core.memory import build_memory
+from memory_inception.core.banks import Bank
+from memory_inception.core.memory import as_memory, build_memory
 from memory_inception.core.steering import Steering
 from memory_inception.errors import EvaluationError
 from memory_inception.evaluation.analysis import fmt, nanmean, table
@@ -91,6 +93,29 @@ def make_document(tokenizer: Any, tokens: int, facts: int, seed: int) -> tuple[s
     return "".join(pieces), chosen
 
 
+def memory_bank(ctx: Context, opts: LongMemoryOptions, size: int, document: str) -> tuple[Bank, bool]:
+    """The document's memory (one slot per token at the run's sites), built once per run directory and kept in
+    `out/banks/memory-SIZE-FACTSfacts-seedSEED-cCHUNK-oOVERLAP-DTYPE.safetensors` (gitignored; reloaded with a
+    fingerprint and text check), so a resumed run and `benchmarks/memory_decode.py --memory FILE` reuse it. A run
+    directory holds one configuration (`runner.check_config`), so the sites it was built for are the run's.
+    Returns the memory and whether it was read from the file."""
+    dtype = str(ctx.cfg.torch_dtype).removeprefix("torch.")
+    name = f"memory-{size}-{opts.facts}facts-seed{ctx.cfg.seed}-c{opts.chunk_tokens}-o{opts.overlap}-{dtype}"
+    path = ctx.out / "banks" / f"{name}.safetensors"
+    if path.is_file():
+        bank = Bank.load(path, ctx.model)
+        if bank.text != document:
+            raise EvaluationError(f"{path} holds a memory of a different document; delete it to rebuild")
+        return bank, True
+    bank = build_memory(ctx.model, ctx.tokenizer, document, sites=ctx.sites(), name=name,
+                        chunk_tokens=opts.chunk_tokens, overlap=opts.overlap)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")  # a parallel run never reads half a file
+    bank.save(tmp)
+    os.replace(tmp, path)
+    return bank, False
+
+
 class LongMemory(Task):
     name = "long-memory"
     summary = "Facts in a document longer than the context: plain, truncated, retriever and memory bank, 10^3-10^5 slots"
@@ -100,10 +125,12 @@ class LongMemory(Task):
         opts = self.options(ctx.cfg)
         if opts.facts < 4:
             raise EvaluationError(f"facts must be at least 4 (multiple choice needs three other numbers), got {opts.facts}")
-        for size in opts.sizes[: ctx.cfg.limit] if ctx.cfg.limit else opts.sizes:  # --limit: the first sizes
-            for condition in opts.conditions:
-                if condition not in CONDITIONS:
-                    raise EvaluationError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+        bad = [c for c in opts.conditions if c not in CONDITIONS]
+        if bad:
+            raise EvaluationError(f"unknown condition {bad[0]!r}; choose from {', '.join(CONDITIONS)}")
+        # condition by condition in the configured order (what is listed first finishes first), sizes ascending
+        for condition in opts.conditions:
+            for size in opts.sizes[: ctx.cfg.limit] if ctx.cfg.limit else opts.sizes:  # --limit: the first sizes
                 yield Unit(f"{size}|{condition}", {"size": size, "condition": condition})
 
     def run(self, ctx: Context, unit: Unit) -> dict[str, Any]:
@@ -129,14 +156,15 @@ class LongMemory(Task):
             methods = [Prompting("\n".join(passages[i] for i in sorted(row)), name="retriever") for row in best]
             extra["facts_in_prompt"] = sum(f.number in m.text for f, m in zip(facts, methods))  # type: ignore[attr-defined]
         else:
-            memory = build_memory(model, tok, document, chunk_tokens=opts.chunk_tokens, overlap=opts.overlap,
-                                  top_k=opts.top_k, index=opts.index, normalize=opts.normalize)  # type: ignore[arg-type]
+            bank, from_file = memory_bank(ctx, opts, size, document)
+            memory = as_memory(bank, top_k=opts.top_k, index=opts.index, normalize=opts.normalize)  # type: ignore[arg-type]
             rho = opts.rho if opts.rho is not None else ctx.cfg.rho
             steering = Steering(target=memory, sites=ctx.sites(), rho=rho, schedule=ctx.cfg.mi.schedule,  # type: ignore[arg-type]
                                 prefill=ctx.cfg.mi.prefill)  # type: ignore[arg-type]
             methods = [MI(steering)] * len(facts)
             extra |= {"memory_slots": memory.num_slots, "memory_bytes": memory.nbytes, "rho": rho,
-                      "build_seconds": round(time.perf_counter() - started, 1)}
+                      "memory_from_file": from_file,
+                      "build_seconds": round(time.perf_counter() - started, 1)}  # building, or reading the file
         prepared = time.perf_counter()
         results = []
         asked = slice(0, ctx.cfg.limit) if ctx.cfg.limit else slice(None)  # --limit: questions on the first facts
