@@ -294,3 +294,241 @@ def test_the_integral_restated_is_not_an_answer() -> None:
     assert restated and "\\int" in restated
     assert not grade_hardmath(p, f"We use Laplace's method. $$ {restated} $$").correct
     assert grade_hardmath(p, p.solution).correct
+
+
+# ------------------------------------------------------------ copies of the question earn nothing
+
+
+def _problem(question: str, *answers: str, kind: str = "mechanics", pid: str = "t/echo") -> Problem:
+    return Problem(id=pid, benchmark="physics", kind=kind, question=question, solution="s", answers=list(answers))
+
+
+def test_a_reply_restating_the_question_gets_no_credit_but_its_own_derivation_does() -> None:
+    """The same expression: no credit copied from the question, credit when derived where the question does not print it."""
+    plain = _problem("A stone falls from rest through a height $h$. Find its speed on arrival.", r"v = \sqrt{2gh}")
+    derived = r"Energy is conserved: $mgh = \frac{1}{2} m v^2$, so $v = \sqrt{2 g h}$."
+    assert grade_physics(plain, derived).correct
+    assert grade_physics(plain, r"\boxed{v = \sqrt{2gh}}").correct
+    printed = _problem(r"A stone falls from rest through a height $h$ and arrives with $v = \sqrt{2gh}$. Show this.",
+                       r"v = \sqrt{2gh}")
+    for reply in (derived, r"\boxed{v = \sqrt{2gh}}", printed.question):
+        g = grade_physics(printed, reply)
+        assert not g.correct and g.status == "show-that" and g.stated == 1, g.detail
+
+
+def test_a_value_copied_from_the_question_is_dropped_before_matching() -> None:
+    """1000 Hz in the question is not R = 1000 Ohm in a reply (units are compared by number only; seen in electro/3_25)."""
+    p = _problem("A resonance peak is seen at $f = 1000 \\, \\text{Hz}$. Find the resistance $R$.", r"R = 10^3 \, \Omega",
+                 kind="electro")
+    copy = r"The current peaks at $f = 1000 \, \text{Hz}$."
+    g = grade_physics(p, copy)
+    assert not g.correct and "copied from the question dropped" in g.detail, g.detail
+    assert grade_physics(p, r"From Ohm's law $R = 1.5 / (1.5 \times 10^{-3}) = 1000 \, \Omega$.").correct
+    assert grade_physics(p, copy + r" So $\boxed{R = 1000 \, \Omega}$.").correct
+    unprinted = _problem("A resonance peak is seen. Find the resistance $R$.", r"R = 10^3 \, \Omega", kind="electro")
+    assert grade_physics(unprinted, "The current peaks at $1000$.").correct  # not copied there: a (lenient) scanned match
+
+
+def test_multiple_choice_pick_counts_a_copied_option_list_does_not() -> None:
+    p = next(x for x in load_physics(subjects="electro") if x.id == "physics/electro/2_15")
+    assert "$10^{-2}$" in p.question
+    assert not grade_physics(p, p.question).correct  # the question lists every option
+    assert not grade_physics(p, "It is one of $10^{-5}$, $10^{-2}$, $10^1$, $10^5$ cm/sec.").correct
+    assert grade_physics(p, r"\boxed{10^{-2}}").correct
+    assert grade_physics(p, r"The drift velocity is about $10^{-2}$ cm/sec.").correct
+    assert not grade_physics(p, r"\boxed{10^{-5}}").correct
+
+
+def test_prose_copied_from_the_question_is_not_evidence() -> None:
+    p = next(x for x in load_physics(subjects="atomic") if x.id == "physics/atomic/4-24")
+    assert p.answers == [r"\text{Impossible}"] * 3
+    g = grade_physics(p, p.question)  # "State whether the following processes are possible or impossible ..."
+    assert not g.correct and g.score == 0.0, g.detail
+    own = "(a) Impossible: energy and momentum cannot both be conserved. (b) Impossible in empty space. (c) Impossible."
+    assert grade_physics(p, own).correct
+
+
+def test_the_committed_echo_replies_are_not_credited() -> None:
+    """Replies from the committed runs that only restate a 'show that' question (physics/mechanics/1_57, electro/5_8)."""
+    problems = {p.id: p for p in load_physics()}
+    mech, electro = problems["physics/mechanics/1_57"], problems["physics/electro/5_8"]
+    reply = ("1. **Identify the collision cross section for a charged pion:**\n   \\[\n   \\sigma = \\pi b^2 \\frac{(T - V)}{T}\n"
+             "   \\]\n   where \\( V = \\frac{Ze^2}{b} \\).\n\n2. **For a massive nucleus:**\n   \\[\n"
+             "   \\sigma = \\pi b^2 \\frac{(T + V)}{T}\n   \\]")
+    for problem, text in ((mech, reply), (electro, r"To show that \(E^2 - B^2\) and \(\mathbf{E} \cdot \mathbf{B}\) are invariant")):
+        g = grade(problem, text)
+        assert not g.correct and g.status == "show-that" and g.stated == len(problem.answers), g.detail
+
+
+def test_every_question_graded_as_its_own_reply_earns_nothing() -> None:
+    """The echo check of reports/graders.md on a slice of each subject (measured 0 of 231 when written)."""
+    for subject in ("atomic", "electro", "statistics"):
+        for p in load_physics(subjects=subject)[:12]:
+            g = grade_physics(p, p.question)
+            assert g.score == 0.0 or g.status != "ok", (p.id, g.detail)
+
+
+# ------------------------------------------------------------------- bare values and conditions
+
+
+def test_bare_trivial_references_need_their_left_hand_side() -> None:
+    """Both answers are bare values (quantum/8007): a '< 1' or '-> 0' elsewhere is no match (cross-check false positive)."""
+    p = _problem("q", r"\left| \frac{\hbar}{p^{2}} \frac{dp}{dx} \right| \ll 1", r"\Delta E_0 < 0", kind="quantum")
+    assert not grade_physics(p, r"For $\epsilon \to 0$ we have $x \ll 1$ and $y < 0$.").correct
+    assert grade_physics(p, r"Valid when $\left| \frac{\hbar}{p^2} \frac{dp}{dx} \right| \ll 1$; and $\Delta E_0 < 0$.").correct
+    single = _problem("q", r"\langle p \rangle = 0", kind="quantum")
+    assert not grade_physics(single, r"At $t = 0$ the wave packet is centred, $x_0 = 0$, with spread $\sigma$.").correct
+    assert grade_physics(single, r"By symmetry $\langle p \rangle = 0$.").correct
+    assert grade_physics(single, r"\boxed{0}").correct  # the final answer itself
+
+
+def test_a_subscripted_e_is_a_symbol_not_eulers_number() -> None:
+    """'4E_0' was parsed as 4 * e^0 = 4 (or 0), so any '4' matched it (quantum/1-1024 in the cross check)."""
+    p = _problem("q", r"E = 4E_0", kind="quantum")
+    assert grade_physics(p, r"\boxed{E = 4 E_0}").correct
+    assert not grade_physics(p, r"There are $4$ nodes.").correct
+    assert not grade_physics(p, r"\boxed{E = 4 E_1}").correct
+
+
+def test_a_condition_after_the_value_is_not_the_value() -> None:
+    """'..., r > R' and '\\text{at} r = a' reduced the listed answer to 'R' / 'a' (electro/1_66, 1_60)."""
+    p = _problem("q", r"\Phi = \frac{q}{r} , \quad r > R", r"\sigma = \frac{Q}{4 \pi a^2} \quad \text{at} \quad r = a", kind="electro")
+    assert not grade_physics(p, r"Outside the shell of radius $R$, at $r = a$.").correct
+    assert grade_physics(p, r"$\Phi = q/r$ for $r > R$, and $\sigma = \frac{Q}{4\pi a^2}$ on the inner surface.").correct
+
+
+def test_math_verify_never_equates_a_bare_value_with_an_unparseable_reference() -> None:
+    p = _problem("q", r"E^{(1)} = 0", r"E^{(2)} = -e^2\varepsilon^2 \sum_{\substack{n \neq 1 \\ l,m}} \frac{|\langle 1, 0, 0 | z | n, l, m \rangle|^2}{|E_1 - E_n|}",
+                 kind="quantum")
+    g = grade_physics(p, r"Here $a = 0$, and $i \hbar \frac{d}{dt} a_1 + \frac{1}{2} \mu_0 B a_2 = 0$.")
+    assert not g.correct and "[2] missing" in g.detail, g.detail  # [1] is a bare value beside [2]: it may match anywhere
+
+
+# ------------------------------------------------------------------- statuses and unknown names
+
+
+def test_a_timeout_is_a_status_not_an_incorrect_answer() -> None:
+    p = _problem("A question nobody has graded before, with $x = 1$ and $y = 2$.", r"z = x + y", pid="t/timeout")
+    g = grade_physics(p, r"So $z = x + y = 3$ and " + "$w = x^{2} + y^{3}$ " * 200, timeout=1e-3)
+    assert g.status == "timeout" and not g.correct and not g.graded and "timed out" in g.detail
+    fresh = _problem("Another question nobody has graded, with $x = 1$ and $y = 2$.", r"z = x + y", pid="t/timeout2")
+    out: list[Grade] = []
+    heavy = r"So $z = x + y = 3$ and " + "$w = x^{2} + y^{3}$ " * 200
+    worker = threading.Thread(target=lambda: out.append(grade_physics(fresh, heavy, timeout=1e-4)))
+    worker.start()
+    worker.join(30)
+    assert out and out[0].status == "timeout" and "abandoned" in out[0].detail
+    assert grade_physics(p, r"\boxed{z = x + y}").status == "ok"
+
+
+def test_a_grader_error_is_a_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    import memory_inception.evaluation.grading.physics as physics
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(physics, "candidates", broken)
+    g = grade_physics(_physics("0.5"), r"\boxed{0.5}")
+    assert g.status == "error" and not g.correct and "RuntimeError: boom" in g.detail
+
+
+def test_bounded_steps_that_time_out_are_counted() -> None:
+    from memory_inception.evaluation.grading.timeouts import bounded, run_guarded
+
+    def spin() -> None:
+        while True:
+            pass
+
+    def work() -> Grade:
+        bounded(spin, 0.05, None)
+        bounded(spin, 0.05, None)
+        return Grade(False, 0.0, None, "two steps gave up")
+
+    g = run_guarded(work, 10.0)
+    assert g.status == "ok" and g.step_timeouts == 2
+
+
+def test_a_timeout_swallowed_inside_a_step_is_still_a_timeout() -> None:
+    """Third-party code (latex2sympy, math_verify) catches broad exceptions: a deadline it swallows still counts."""
+    from memory_inception.evaluation.grading.timeouts import bounded, run_guarded
+
+    def swallowing_spin() -> str:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:
+            try:
+                while True:
+                    pass
+            except Exception:  # what a parser's "except Exception: return None" does to our alarm
+                return "fallback"
+        return "finished"
+
+    assert bounded(swallowing_spin, 0.05, "default") == "default"  # its own deadline fired: not the fallback
+
+    def call() -> Grade:
+        out = swallowing_spin()
+        return Grade(True, 1.0, out, "looks fine")
+
+    g = run_guarded(call, 0.05)  # the whole call's deadline, swallowed outside any bounded step
+    assert g.status == "timeout" and not g.correct and "caught inside" in g.detail, g.detail
+
+    def call_with_step() -> Grade:
+        bounded(lambda: time.sleep(0.01), 5.0, None)  # defers to the earlier outer deadline
+        out = bounded(swallowing_spin, 5.0, "default")  # the outer alarm fires in here and is swallowed
+        return Grade(True, 1.0, out, "looks fine")
+
+    g = run_guarded(call_with_step, 0.05)
+    assert g.status == "timeout" and not g.correct, g.detail
+
+
+def test_a_parse_cut_short_by_a_deadline_is_not_cached() -> None:
+    """A parse the whole call's deadline interrupts is not stored as 'unparseable' (it was, for every later grade)."""
+    from memory_inception.evaluation.grading.parsing import to_sympy
+    from memory_inception.evaluation.grading.timeouts import deadline
+
+    latex = " + ".join(rf"\frac{{w_{{{i}}}^{{3}} + {i}}}{{v_{{{i}}} - {i + 1}}}" for i in range(8))  # ~0.5 s to parse
+    assert to_sympy("x + 1") is not None  # the parser imported, so the deadline fires inside the parse
+    with pytest.raises(GradingTimeout), deadline(0.02):
+        to_sympy(latex)
+    assert to_sympy(latex) is not None
+
+
+def test_unknown_benchmarks_and_kinds_raise_naming_the_valid_ones() -> None:
+    from memory_inception.errors import EvaluationError
+
+    odd = Problem(id="t/x", benchmark="gsm8k", kind="arith", question="q", solution="s", answers=["4"])
+    with pytest.raises(EvaluationError, match=r"unknown benchmark 'gsm8k'.*\['hardmath', 'physics'\]"):
+        grade(odd, "4")
+    with pytest.raises(EvaluationError, match=r"unknown PHYSICS subject 'biology'.*'mechanics'"):
+        grade(_problem("q", "1", kind="biology"), "1")
+    hm = _hm("hardmath/0")
+    with pytest.raises(EvaluationError, match=r"unknown HARDMath kind 'ode'.*'ODE'"):
+        grade_hardmath(Problem(id="t/k", benchmark="hardmath", kind="ode", question="q", solution="s", answers=["1"]), "1")
+    with pytest.raises(EvaluationError, match="grade_physics got a problem of benchmark 'hardmath'"):
+        grade_physics(hm, "1")
+    with pytest.raises(EvaluationError, match="grade_hardmath got a problem of benchmark 'physics'"):
+        grade_hardmath(_physics("1"), "1")
+
+
+# ------------------------------------------------------------------------ the false-positive check
+
+
+def test_cross_check_counts_false_positives_and_answer_sharing_pairs() -> None:
+    from memory_inception.evaluation.grading.audit import cross_check, draw_pairs, false_positives
+
+    def solved(pid: str, answer: str, solution: str) -> Problem:
+        return Problem(id=pid, benchmark="physics", kind="mechanics", question="Find it.", solution=solution, answers=[answer])
+
+    a = solved("t/a", r"v = \sqrt{2gh}", r"Energy: $v = \sqrt{2 g h}$.")
+    b = solved("t/b", r"v = \sqrt{2gh}", r"From kinematics $v^2 = 2gh$, so $v = \sqrt{2gh}$.")  # the same answer
+    c = solved("t/c", r"E^{(1)} = 0", r"The first order vanishes as $\epsilon \to 0$; so $t = 3$.")
+    d = solved("t/d", r"T = 2\pi \sqrt{l/g}", r"For small angles $T = 2 \pi \sqrt{l / g}$.")
+    graded, credited = cross_check([(a, b), (c, a), (d, c), (a, d), (c, d)], grade_physics)
+    assert [(x.problem.id, x.source.id, x.same_answer) for x in credited] == [("t/a", "t/b", True)]
+    assert false_positives(graded, credited) == (0, 5)
+    wrong = solved("t/w", "3", r"Thus $t = 3$.")
+    graded, credited = cross_check([(wrong, c)], grade_physics)  # a bare '3' that another solution also states
+    assert [x.same_answer for x in credited] == [False] and false_positives(graded, credited) == (1, 1)
+    pairs = draw_pairs([a, b, c, d], 6, seed=0)
+    assert pairs == draw_pairs([a, b, c, d], 6, seed=0) and all(p.id != q.id for p, q in pairs) and len(pairs) == 6
+    same = draw_pairs([a, b, c, d], None, seed=0, same_kind=True)
+    assert len(same) == 4 and all(p.kind == q.kind and p.id != q.id for p, q in same)

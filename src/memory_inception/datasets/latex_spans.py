@@ -66,7 +66,8 @@ def strip_boxed(text: str) -> str:
     return s
 
 
-_MATH_SEGMENT = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$(.+?)\$", re.DOTALL)
+#: A math segment: ``$$..$$``, ``\\[..\\]``, ``\\(..\\)`` or ``$..$`` (the first non-None group is its content).
+MATH_SEGMENT = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$(.+?)\$", re.DOTALL)
 
 
 _FINAL_PHRASE = re.compile(
@@ -76,7 +77,7 @@ _FINAL_PHRASE = re.compile(
 
 def math_segments(text: str) -> list[str]:
     """Contents of the math segments in ``text`` in order: ``$$..$$``, ``\\[..\\]``, ``\\(..\\)``, ``$..$``."""
-    return [next(g for g in m.groups() if g is not None) for m in _MATH_SEGMENT.finditer(text)]
+    return [next(g for g in m.groups() if g is not None) for m in MATH_SEGMENT.finditer(text)]
 
 
 def extract_final_answer(text: str | None) -> str | None:

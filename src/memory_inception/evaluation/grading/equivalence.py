@@ -86,13 +86,14 @@ def equivalent(
     points: Sequence[dict[str, float]] | None = None,
     n_random: int = 4,
     atol: float = 0.0,
+    symbolic: bool = True,
 ) -> tuple[bool, str]:
     """Are two sympy expressions equal within ``rtol`` at every point? Returns (verdict, reason).
 
     Symbols are matched by loose name (see ``sym_key``). ``points`` maps names to values; without
     it, ``n_random`` seeded random points in [0.6, 2.4] are used for the reference's symbols. Both the
     principal branch and real odd roots are tried; a symbolic check on small expressions is the
-    fallback when no point can be evaluated.
+    fallback when no point can be evaluated (skipped with ``symbolic=False``).
     """
     import sympy
 
@@ -124,7 +125,7 @@ def equivalent(
     else:
         return False, "numeric values differ"
     # No point evaluable: small symbolic check.
-    if sympy.count_ops(reference) + sympy.count_ops(candidate) <= _MAX_SIMPLIFY_OPS:
+    if symbolic and sympy.count_ops(reference) + sympy.count_ops(candidate) <= _MAX_SIMPLIFY_OPS:
         same = bounded(lambda: sympy.simplify(reference - candidate) == 0, SIMPLIFY_SECONDS, False)
         if same:
             return True, "symbolically equal (simplify)"

@@ -15,6 +15,9 @@ from memory_inception.datasets.latex_spans import (
     find_boxed,
     split_top_level,
 )
+from memory_inception.datasets.reasoning_problems import hardmath_kinds
+from memory_inception.errors import EvaluationError
+from memory_inception.evaluation.grading.echo import own_candidates, read_question
 from memory_inception.evaluation.grading.equivalence import (
     DEFAULT_RTOL,
     equivalent,
@@ -38,10 +41,33 @@ _EXACT_RTOL = 1e-6
 
 
 def grade_hardmath(problem: Problem, response: str | None, *, rtol: float = DEFAULT_RTOL, timeout: float = 20.0) -> Grade:
-    """Grade a HARDMath response (or bare answer) against the problem's stored answers; never raises."""
+    """Grade a HARDMath response (or bare answer) against the problem's stored answers.
+
+    Never raises on the response: a grading call that runs out of time or fails comes back with status
+    "timeout" / "error". Raises :class:`~memory_inception.errors.EvaluationError` for a problem that is not a
+    HARDMath one or has an unknown kind.
+    """
+    _check_problem(problem)
     if not isinstance(response, str) or not response.strip():
         return Grade(False, 0.0, None, "empty or non-text response")
     return run_guarded(lambda: _grade_hardmath(problem, response, rtol), timeout)
+
+
+def _check_problem(problem: Problem) -> None:
+    if getattr(problem, "benchmark", None) != "hardmath":
+        raise EvaluationError(
+            f"grade_hardmath got a problem of benchmark {getattr(problem, 'benchmark', None)!r} "
+            f"({getattr(problem, 'id', '?')}); use grade(), which dispatches on 'hardmath' / 'physics'"
+        )
+    if problem.kind not in hardmath_kinds():
+        raise EvaluationError(f"unknown HARDMath kind {problem.kind!r} ({problem.id}); choose from {hardmath_kinds()}")
+
+
+def _own_parts(problem: Problem, parts: list[str]) -> tuple[list[str], str]:
+    """The answer parts that are not copied from the question (:mod:`.echo`), and a note on the dropped ones."""
+    q = read_question(problem.question)
+    kept = own_candidates(parts, parts, q)
+    return kept, (f"; {len(parts) - len(kept)} part(s) copied from the question dropped" if len(kept) < len(parts) else "")
 
 
 def _grade_hardmath(problem: Problem, response: str, rtol: float) -> Grade:
@@ -49,8 +75,9 @@ def _grade_hardmath(problem: Problem, response: str, rtol: float) -> Grade:
     if kind == "polynomial_roots":
         return _grade_roots(problem, response, rtol)
     parts, extracted = _final_parts(response, len(problem.answers))
+    parts, copy_note = _own_parts(problem, parts)
     if not parts:
-        return Grade(False, 0.0, extracted, "no final answer found")
+        return Grade(False, 0.0, extracted, "no final answer found" + copy_note)
     # An unevaluated integral is the question restated, not an answer (evaluated, it equals the true value).
     cands = [None if re.search(r"\\i+nt(?![a-zA-Z])", p) else to_sympy(prepare(p)) for p in parts]
     if kind == "nondimensionalization_numeric":
@@ -83,7 +110,7 @@ def _grade_hardmath(problem: Problem, response: str, rtol: float) -> Grade:
     matched = _max_matching(table)
     score = matched / len(refs)
     unparsed = sum(c is None for c in cands)
-    detail = "; ".join(reasons) + (f"; {unparsed} part(s) unparseable" if unparsed else "")
+    detail = "; ".join(reasons) + (f"; {unparsed} part(s) unparseable" if unparsed else "") + copy_note
     return Grade(matched == len(refs), score, extracted, detail)
 
 
@@ -161,8 +188,9 @@ def _grade_roots(problem: Problem, response: str, rtol: float) -> Grade:
     ref_lists = [split_top_level(a) for a in problem.answers]
     needed = sum(len(r) for r in ref_lists)
     parts, extracted = _final_parts(response, needed)
+    parts, copy_note = _own_parts(problem, parts)
     if not parts:
-        return Grade(False, 0.0, extracted, "no final answer found")
+        return Grade(False, 0.0, extracted, "no final answer found" + copy_note)
     cands = [c for c in (to_sympy(prepare(p)) for p in parts) if c is not None]
     if not cands:
         return Grade(False, 0.0, extracted, "no parseable root")
@@ -179,7 +207,7 @@ def _grade_roots(problem: Problem, response: str, rtol: float) -> Grade:
         fractions.append(got / len(refs))
         reasons.append(f"{regime} eps={point:g}: {got}/{len(refs)} roots")
     score = sum(fractions) / len(fractions)
-    return Grade(score == 1.0, score, extracted, "; ".join(reasons))
+    return Grade(score == 1.0, score, extracted, "; ".join(reasons) + copy_note)
 
 
 def _eps_value(expr: Any, point: float) -> Any:

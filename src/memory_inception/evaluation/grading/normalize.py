@@ -137,10 +137,14 @@ def prepare(part: str) -> str:
     """One answer part as text ready to parse: boxed removed, LHS dropped, units stripped."""
     s = norm_latex(strip_boxed(part))
     s = s.strip().strip("$").strip()
-    s = _strip_lhs(s)
-    s = re.split(r"\\text\s*\{\s*(?:for|if|when|where|at|with|as|in|and|or)(?![a-zA-Z])", s)[0]
+    # A condition in words ("\text{at} r = a", "\text{for } x > 0") is cut before the left-hand side goes, so
+    # the value is what precedes it, not the condition's right-hand side.
+    head = re.split(r"\\text\s*\{\s*(?:for|if|when|where|at|with|as|in|and|or)(?![a-zA-Z])", s)[0]
+    s = _strip_lhs(head if head.strip() else s)
     s = strip_units(s)
-    return s.strip().strip("$").strip().rstrip(".,;").strip()
+    # An additive constant in words ("+ \text{const.}") leaves a dangling operator once the words go: drop it.
+    s = re.sub(r"\s*[-+]\s*$", "", s.strip().strip("$").strip().rstrip(".,;"))
+    return s.strip()
 
 
 def text_key(s: str) -> str:

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any
 
-from memory_inception.evaluation.grading.timeouts import PARSE_SECONDS, bounded
+from memory_inception.evaluation.grading.timeouts import PARSE_SECONDS, GradingTimeout, bounded
 
 
-@lru_cache(maxsize=4096)
-def _parse_cached(latex: str) -> Any:
+#: A symbol with primes before or after its subscript: ``\\theta''``, ``E'``, ``x'_1``, ``x_{1}'``.
+_PRIMED = re.compile(r"(\\[A-Za-z]+|(?<![\\A-Za-z])[A-Za-z])('*)(?:_\{([A-Za-z0-9]+)\}|_([A-Za-z0-9]))?('*)")
+
+
+def _unprime(m: re.Match[str]) -> str:
+    r"""``\theta''`` -> ``\theta_{pp}``, ``x'_1`` -> ``x_{1p}``: the primes become part of the subscript."""
+    primes = len(m.group(2)) + len(m.group(5))
+    if not primes:
+        return m.group(0)
+    sub = m.group(3) or m.group(4) or ""
+    return f"{m.group(1)}_{{{sub}{'p' * primes}}}"
+
+
+#: Parsed expressions by LaTeX text (at most :data:`_CACHE_SIZE`); a parse that timed out or failed is not stored.
+_PARSED: dict[str, Any] = {}
+_CACHE_SIZE = 4096
+_NOT_PARSED = object()
+
+
+def _parse(latex: str) -> Any:
     import sympy
     from latex2sympy2_extended import latex2sympy
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig
@@ -19,10 +36,16 @@ def _parse_cached(latex: str) -> Any:
     if "\\int" not in latex and not re.search(r"\\frac\s*\{\s*d", latex):
         # A symbol d before a command ("2d \sin\theta") is read as a differential "dsin"; brace it.
         latex = re.sub(r"(?<![\\A-Za-z{])d(?=\s*\\[A-Za-z])", "{d}", latex)
+    # latex2sympy drops primes ("\theta''" -> theta, "E' + E" -> 2E): a primed symbol is a symbol of its own.
+    latex = _PRIMED.sub(_unprime, latex)
+    # latex2sympy reads "E" / "e" as Euler's number and fails on "E_{0}": a subscripted E or e is a symbol.
+    latex = re.sub(r"(?<![\\A-Za-z])([Ee])(?=\s*_)", r"\\mathrm{\1}", latex)
     # "\sin\theta/m" means sin(theta)/m, not sin(theta/m): parenthesize a one-token argument before "/".
     latex = re.sub(r"(\\(?:a?sin|a?cos|a?tan|arcsin|arccos|arctan|sinh|cosh|tanh|ln|log|exp))\s*(\\[A-Za-z]+|[A-Za-z0-9])(?=\s*/)", r"\1(\2)", latex)
     try:
         expr = latex2sympy(latex, conversion_config=config)
+    except GradingTimeout:
+        raise  # a deadline, not a parse failure: nothing is cached
     except Exception:
         expr = None
     if expr is None or not isinstance(expr, sympy.Basic):
@@ -49,7 +72,15 @@ def to_sympy(latex: str) -> Any:
     """LaTeX (already cleaned) -> sympy expression, or None; bounded in time."""
     if not latex or len(latex) > 2000:
         return None
-    return bounded(lambda: _parse_cached(latex), PARSE_SECONDS, None)
+    if latex in _PARSED:
+        return _PARSED[latex]
+    # Not cached on a timeout: a deadline that fired (even one swallowed inside latex2sympy) says nothing about the text.
+    expr = bounded(lambda: _parse(latex), PARSE_SECONDS, _NOT_PARSED)
+    if expr is _NOT_PARSED:
+        return None
+    if len(_PARSED) < _CACHE_SIZE:
+        _PARSED[latex] = expr
+    return expr
 
 
 def sym_key(name: str) -> str:
