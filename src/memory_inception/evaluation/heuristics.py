@@ -1,14 +1,18 @@
 """Reusable reasoning heuristics for HARDMath and PHYSICS, shared by the prompting baseline and MI banks.
 
-One text per HARDMath kind and per PHYSICS subject (:data:`HEURISTICS`), three auxiliary texts
-(:data:`AUXILIARY`: planner, algebra hygiene, final-answer checker), answer modes ("direct" or
-"steps") and a router that picks the heuristic for a problem: "oracle" (the problem's own kind) or
-"keywords" (classified from the question text only, see :func:`classify`). :func:`guidance`
-bundles the pieces; :meth:`Guidance.prompt_text` is the visible system message of the baseline.
+One text per HARDMath kind and per PHYSICS subject (:data:`HEURISTICS`), one general checklist per benchmark
+(:data:`GENERAL`, key :data:`GENERAL_KEY`), three auxiliary texts (:data:`AUXILIARY`: planner, algebra hygiene,
+final-answer checker), answer modes ("direct" or "steps") and a router that picks the heuristic for a problem:
+"oracle" (the problem's own kind) or "keywords" (classified from the question text only). The keyword router
+(:func:`keyword_match`: the best-scoring key and its score) never guesses a type when no keyword rule matches:
+:func:`classify` then returns :data:`GENERAL_KEY` and :func:`guidance` uses the benchmark's general checklist,
+which names no subject (before, such questions silently got the mechanics or polynomial-roots checklist).
+:func:`guidance` bundles the pieces; :meth:`Guidance.prompt_text` is the visible system message of the baseline.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,16 +20,23 @@ from typing import Sequence
 from memory_inception.datasets.reasoning_problems import Problem
 from memory_inception.errors import EvaluationError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "AUXILIARY",
     "DEFAULT_AUX_GAINS",
+    "GENERAL",
+    "GENERAL_KEY",
     "Guidance",
     "HEURISTICS",
+    "KeywordMatch",
     "MODES",
     "MODE_TOKENS",
     "ROUTERS",
+    "TIE_ORDER",
     "classify",
     "guidance",
+    "keyword_match",
     "mode_instruction",
     "mode_messages",
     "physics_scores",
@@ -117,6 +128,26 @@ HEURISTICS: dict[str, dict[str, str]] = {
 }
 """Process checklist per HARDMath kind and per PHYSICS subject (written for this library)."""
 
+#: The key the keyword router gives a question that no keyword rule matches (see :data:`GENERAL`).
+GENERAL_KEY = "general"
+
+GENERAL: dict[str, str] = {
+    "hardmath": (
+        "Classify the problem first: a polynomial to rescale or to solve approximately, an integral to "
+        "approximate, or a differential equation to solve in limits. Identify the small or large parameter "
+        "and the regimes that are asked for. In each regime find the dominant balance, keep the leading "
+        "term, and state where the approximation holds. Check the result against a direct evaluation at "
+        "one point."
+    ),
+    "physics": (
+        "Identify the physical system, the quantities asked for and the principles that govern them. Write "
+        "the conservation laws and equations of motion or state that apply, and the boundary or initial "
+        "conditions. Solve symbolically, then substitute the given values with their units. Check "
+        "dimensions, signs and orders of magnitude, and the limiting cases where the answer is known."
+    ),
+}
+"""General checklist per benchmark, for a question the keyword router cannot place (names no kind or subject)."""
+
 AUXILIARY: dict[str, str] = {
     "planner": (
         "Before computing, restate exactly what is asked and list every requested quantity. Write down the "
@@ -184,7 +215,7 @@ _HARDMATH_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 # Symbolic coefficients (a_1, a_{2}, ...) mark the symbolic nondimensionalization variant.
 _SYMBOLIC_COEFF = re.compile(r"\ba_\{?\d\}?|\ba_\{?[ijkn]\}?|function of \$?\\?[a-z]_", _F)
 
-# PHYSICS: weighted keyword scores; the subject with the highest total wins, mechanics on ties/none.
+# PHYSICS: weighted keyword scores; the subject with the highest total wins (ties: TIE_ORDER).
 _PHYSICS_KEYWORDS: dict[str, tuple[tuple[str, float], ...]] = {
     "electro": (
         (r"electric", 1.0), (r"magnetic", 0.7), (r"\bcharges?\b|\bcharged\b", 1.0), (r"capacit", 2.0),
@@ -253,14 +284,34 @@ _PHYSICS_PATTERNS: dict[str, tuple[tuple[re.Pattern[str], float], ...]] = {
 }
 
 
-def _classify_hardmath(question: str) -> str:
+@dataclass(frozen=True)
+class KeywordMatch:
+    """What the keyword router found in a question: the best-scoring key (None when no keyword rule matched),
+    its score, and every key's score.
+
+    HARDMath rules are ordered (the first matching rule wins, score 1); PHYSICS scores are summed keyword
+    weights per subject, ties resolved in :data:`TIE_ORDER`.
+    """
+
+    key: str | None
+    score: float
+    scores: dict[str, float]
+
+
+#: The order that resolves PHYSICS score ties: the more specific subjects first, mechanics last.
+TIE_ORDER: tuple[str, ...] = ("atomic", "quantum", "statistics", "optics", "electro", "mechanics")
+
+
+def _match_hardmath(question: str) -> KeywordMatch:
+    scores = {k: 0.0 for k in HEURISTICS["hardmath"]}
     for key, pattern in _HARDMATH_RULES:
         if pattern.search(question):
             if key == "nondimensionalization":
                 symbolic = bool(_SYMBOLIC_COEFF.search(question))
-                return "nondimensionalization_symbolic" if symbolic else "nondimensionalization_numeric"
-            return key
-    return "polynomial_roots"
+                key = "nondimensionalization_symbolic" if symbolic else "nondimensionalization_numeric"
+            scores[key] = 1.0
+            return KeywordMatch(key, 1.0, scores)
+    return KeywordMatch(None, 0.0, scores)
 
 
 def physics_scores(question: str) -> dict[str, float]:
@@ -268,29 +319,46 @@ def physics_scores(question: str) -> dict[str, float]:
     return {s: sum(w for p, w in rules if p.search(question)) for s, rules in _PHYSICS_PATTERNS.items()}
 
 
-def _classify_physics(question: str) -> str:
+def _match_physics(question: str) -> KeywordMatch:
     scores = physics_scores(question)
     best = max(scores.values())
     if best <= 0:
-        return "mechanics"
-    # Ties resolve in this order: the more specific subjects first, mechanics last.
-    for subject in ("atomic", "quantum", "statistics", "optics", "electro", "mechanics"):
-        if scores[subject] == best:
-            return subject
-    return "mechanics"  # unreachable
+        return KeywordMatch(None, 0.0, scores)
+    return KeywordMatch(next(s for s in TIE_ORDER if scores[s] == best), best, scores)
+
+
+def _check_question(question: str, benchmark: str, what: str) -> None:
+    if benchmark not in HEURISTICS:
+        raise EvaluationError(f"unknown benchmark {benchmark!r} for {what}; choose one of {list(HEURISTICS)}")
+    if not isinstance(question, str):
+        raise EvaluationError(f"{what} needs the question text as str, got {type(question).__name__}")
+
+
+def keyword_match(question: str, benchmark: str) -> KeywordMatch:
+    """The keyword router's finding for ``question`` of ``benchmark``: best key and score, or key None."""
+    _check_question(question, benchmark, "keyword_match")
+    return _match_hardmath(question) if benchmark == "hardmath" else _match_physics(question)
 
 
 def classify(question: str, benchmark: str) -> str:
-    """Heuristic key for ``question`` of ``benchmark`` ("hardmath" or "physics"), from keywords only."""
-    if benchmark not in HEURISTICS:
-        raise EvaluationError(f"unknown benchmark {benchmark!r} for classify; choose one of {list(HEURISTICS)}")
-    if not isinstance(question, str):
-        raise EvaluationError(f"classify needs the question text as str, got {type(question).__name__}")
-    return _classify_hardmath(question) if benchmark == "hardmath" else _classify_physics(question)
+    """Heuristic key for ``question`` of ``benchmark`` ("hardmath" or "physics"), from keywords only.
+
+    The best-scoring key (:func:`keyword_match`), or :data:`GENERAL_KEY` when no keyword rule matches (logged at
+    info level): the question's type is then unknown, and :func:`guidance` gives the benchmark's general checklist.
+    """
+    _check_question(question, benchmark, "classify")
+    found = keyword_match(question, benchmark)
+    if found.key is None:
+        logger.info("no %s keyword matches %r; routed to the general checklist", benchmark, question[:80])
+        return GENERAL_KEY
+    return found.key
 
 
 def route(problem: Problem, how: str = "oracle") -> str:
-    """Heuristic key for ``problem``: its own kind ("oracle") or the keyword classifier ("keywords")."""
+    """Heuristic key for ``problem``: its own kind ("oracle") or the keyword classifier ("keywords").
+
+    Keyword routing gives :data:`GENERAL_KEY` for a question that no keyword rule matches (see :func:`classify`).
+    """
     if problem.benchmark not in HEURISTICS:
         raise EvaluationError(
             f"problem {problem.id!r} has unknown benchmark {problem.benchmark!r}; expected one of {list(HEURISTICS)}"
@@ -339,4 +407,5 @@ def guidance(
         )
     key = route(problem, how)
     aux = tuple((name, AUXILIARY[name], DEFAULT_AUX_GAINS[name]) for name in auxiliary)
-    return Guidance(key=key, heuristic=HEURISTICS[problem.benchmark][key], auxiliary=aux)
+    text = GENERAL[problem.benchmark] if key == GENERAL_KEY else HEURISTICS[problem.benchmark][key]
+    return Guidance(key=key, heuristic=text, auxiliary=aux)
