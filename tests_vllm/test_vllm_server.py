@@ -43,11 +43,13 @@ def conv(text: str) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def apps(hf, bank_dir, engine):
     model, tokenizer = hf
+    db = bank_dir.parent  # each server its own sessions database (they share the bank directory)
     return {
-        "vllm": create_app(model, tokenizer, bank_dir=bank_dir,
+        "vllm": create_app(model, tokenizer, bank_dir=bank_dir, sessions_db=db / "vllm.sessions.db",
                            engine=VLLMEngine(model, bank_dir=bank_dir, engine=engine, inline_bank_files=2), **LIMITS),
-        "transformers": create_app(model, tokenizer, bank_dir=bank_dir, **LIMITS),
-        "rebuilt": create_app(model, tokenizer, bank_dir=bank_dir, session_cache_bytes=1, **LIMITS),
+        "transformers": create_app(model, tokenizer, bank_dir=bank_dir, sessions_db=db / "hf.sessions.db", **LIMITS),
+        "rebuilt": create_app(model, tokenizer, bank_dir=bank_dir, session_cache_bytes=1,
+                              sessions_db=db / "rebuilt.sessions.db", **LIMITS),
     }
 
 
@@ -124,7 +126,7 @@ def test_server_streams_and_refuses_an_unknown_bank(client):
 
 def test_a_cancelled_generation_is_aborted_and_the_engine_serves_on(apps, client):
     """What a streaming client's disconnect does: the request is aborted within a step or two."""
-    service = apps["vllm"].state.service
+    service = apps["vllm"].state.service  # the Service renders; its engine (VLLMEngine) generates
     cancel = threading.Event()
 
     class CancelAfterFirstToken(TokenQueue):
@@ -134,8 +136,8 @@ def test_a_cancelled_generation_is_aborted_and_the_engine_serves_on(apps, client
                 cancel.set()
 
     streamer = CancelAfterFirstToken()
-    service.generate(service.render(conv("Tell me a long story about a dragon.")), None, {"max_new_tokens": 64},
-                     None, None, streamer, cancel)
+    service.engine.generate(service.render(conv("Tell me a long story about a dragon.")), None,
+                            {"max_new_tokens": 64}, None, None, streamer, cancel)
     assert 1 <= len(streamer.tokens) < 8
     assert reply(ask(client, "Hi!", max_tokens=2))
 
@@ -290,3 +292,49 @@ def test_session_errors_equal_the_transformers_engine(servers):
     assert got == want
     assert [status for status, _ in got] == [404, 404, 404, 404, 400, 400, 404, 400, 422, 400, 429]
     assert got[-1][1]["code"] == "too_many_sessions" and "DELETE" in got[-1][1]["message"]
+
+
+# ---------------------------------------------------------------------------- completions, logprobs, streamed turns
+
+
+def test_logprobs_and_completions_equal_the_transformers_engine(servers):
+    """vLLM returns logprobs through SamplingParams (its raw log-probabilities): the same tokens, the same values
+    within fp32 tolerance, the same alternatives, as the transformers engine's, in chat and text completions."""
+    vllm, transformers = servers["vllm"], servers["transformers"]
+    memory = {"banks": [{"name": "pirate"}], "layers": "20-25", "rho": 4}
+    for extra in ({}, {"memory": memory}):
+        got = ask(vllm, "What is rain?", logprobs=True, top_logprobs=3, max_tokens=8, **extra).json()
+        want = ask(transformers, "What is rain?", logprobs=True, top_logprobs=3, max_tokens=8, **extra).json()
+        assert got["choices"][0]["message"] == want["choices"][0]["message"]
+        a, b = got["choices"][0]["logprobs"]["content"], want["choices"][0]["logprobs"]["content"]
+        assert [e["token"] for e in a] == [e["token"] for e in b] and len(a) == got["usage"]["completion_tokens"]
+        assert [e["logprob"] for e in a] == pytest.approx([e["logprob"] for e in b], abs=2e-3)
+        assert [[t["token"] for t in e["top_logprobs"]] for e in a] == [[t["token"] for t in e["top_logprobs"]]
+                                                                        for e in b]
+        body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0,
+                "logprobs": 2, **extra}
+        got_c = vllm.post("/v1/completions", json=body).json()["choices"][0]
+        want_c = transformers.post("/v1/completions", json=body).json()["choices"][0]
+        assert got_c["text"] == want_c["text"] and got_c["finish_reason"] == want_c["finish_reason"]
+        assert got_c["logprobs"]["tokens"] == want_c["logprobs"]["tokens"]
+        assert got_c["logprobs"]["token_logprobs"] == pytest.approx(want_c["logprobs"]["token_logprobs"], abs=2e-3)
+        streamed = vllm.post("/v1/completions", json={**body, "stream": True})
+        chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+        assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == got_c["text"]
+
+
+def test_streamed_session_turns_equal_unstreamed_on_vllm(servers):
+    client = servers["vllm"]
+    create = {"system": "You are helpful.", "memory": {"banks": [{"name": "poet"}]}}
+    plain, streamed = (client.post("/v1/sessions", json=create).json()["id"] for _ in range(2))
+    for content in ("Hello!", "What is rain?"):
+        want = client.post(f"/v1/sessions/{plain}/messages", json={"content": content, **TURN}).json()
+        r = client.post(f"/v1/sessions/{streamed}/messages", json={"content": content, "stream": True, **TURN})
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == \
+            want["choices"][0]["message"]["content"]
+        assert chunks[-1]["cache"] == want["cache"]
+    assert client.get(f"/v1/sessions/{plain}").json()["messages"] == client.get(f"/v1/sessions/{streamed}").json()[
+        "messages"]
+    for sid in (plain, streamed):
+        assert client.delete(f"/v1/sessions/{sid}").status_code == 200
