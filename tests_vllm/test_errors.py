@@ -1,6 +1,7 @@
 """Bad requests fail clearly (naming the problem and the fix), before the engine or at admission.
 
-The server's errors are in test_vllm_server.py.
+The server's errors are in test_vllm_server.py; the key pool's refusal of a request whose prefix it never saw is in
+test_batching.py.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import memory_inception as mi
-from memory_inception.errors import BankError, MemoryInceptionError, SiteError, SteeringError
+from memory_inception.errors import BankError, SiteError, SteeringError
 from memory_inception.vllm import BankUse, RequestSteering, steering_params
-from memory_inception.vllm.state import SiteCopy
 
 
 def conv(text: str) -> list[dict[str, str]]:
@@ -57,12 +57,3 @@ def test_raw_vllm_requests_are_validated_at_admission_and_the_engine_lives_on(en
     with pytest.raises(VLLMValidationError, match="prefill='bad' is not one of last, all, none"):
         engine.llm.generate([{"prompt_token_ids": ids[0]}], bad, use_tqdm=False)
     assert len(engine.generate(ids, None, max_tokens=4)[0].token_ids) == 4
-
-
-def test_a_copy_with_missing_positions_refuses_instead_of_guessing():
-    copy = SiteCopy()
-    copy.write(0, torch.zeros(3, 1, 4), torch.zeros(3, 1, 4))
-    copy.write(1, torch.ones(4, 1, 4), torch.ones(4, 1, 4))  # recomputed positions overwrite (preemption)
-    assert copy.length == 5 and bool(copy.keys[1:5].eq(1).all())
-    with pytest.raises(MemoryInceptionError, match="cache_salt"):
-        copy.write(9, torch.zeros(1, 1, 4), torch.zeros(1, 1, 4))

