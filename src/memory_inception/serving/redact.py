@@ -15,10 +15,9 @@ class Redactor:
     `.inline/` -> "an inline bank", the directories themselves and the sessions database by role."""
 
     def __init__(self, bank_dir: str | Path, sessions_db: str | Path | None = None):
-        roots: list[tuple[str, str]] = []
-        for given in {str(bank_dir), str(Path(bank_dir).resolve()), os.path.abspath(bank_dir)}:
-            roots.append((given, "the bank directory"))
-        self._bank_roots = sorted({root for root, _ in roots}, key=len, reverse=True)
+        # the directory as given, absolute and resolved (longest first, so a prefix never matches early)
+        self._bank_roots = sorted({str(bank_dir), os.path.abspath(bank_dir), str(Path(bank_dir).resolve())}, key=len,
+                                  reverse=True)
         self._plain: list[tuple[str, str]] = []
         if sessions_db is not None:
             for given in {str(sessions_db), str(Path(sessions_db).resolve())}:
