@@ -315,8 +315,7 @@ def test_candidate_sites_cover_the_default_sites(tiny_models):
     labels = [label for label, _ in candidates]
     assert len(set(labels)) == len(labels) and rhos
     defaults = model_defaults(geo, fingerprint=fp)
-    assert candidates[0][1] == mi.Sites({layer: None for layer in defaults.layers})
-    assert candidates[0][1] == mi.Sites.default(model)
+    assert candidates[0][1] == mi.Sites(defaults.site_heads(geo))
     for _, sites in candidates:
         assert all(0 <= layer < geo.num_layers for layer in sites.heads)
 
@@ -325,6 +324,8 @@ def test_the_table_entries_are_consistent():
     for entry in TABLE:
         assert entry.fingerprint and entry.name and entry.source
         assert all(0 <= g for _, g in entry.ranking) and len(set(entry.ranking)) == len(entry.ranking)
+        if entry.kv_groups is not None:
+            assert sorted({layer for layer, _ in entry.kv_groups}) == list(entry.layers)
         assert entry.rho == entry.rho  # finite
     assert rule_layers(30) == tuple(range(21, 27))
 

@@ -37,6 +37,8 @@ class ModelDefaults:
     calibrated_rho: float | None = None
     name: str | None = None
     fingerprint: str | None = None
+    # Measured site units (layer, KV group): every query head of each group. None: every head of `layers`.
+    kv_groups: tuple[tuple[int, int], ...] | None = None
     # Units best first, from the multi-pair KV-group selection; `mi.tune` cuts candidate site sets from it.
     ranking: tuple[tuple[int, int], ...] = ()
     tune_rhos: tuple[float, ...] = RULE_TUNE_RHOS
@@ -45,6 +47,12 @@ class ModelDefaults:
     def eval_rho(self) -> float:
         """The strength `mi eval` runs MI at by default."""
         return self.calibrated_rho if self.calibrated_rho is not None else self.rho
+
+    def site_heads(self, geo: ModelGeometry) -> dict[int, tuple[int, ...] | None]:
+        """The default sites as `{layer: query heads}` (None: every head), for `Sites(...)`."""
+        if self.kv_groups is None:
+            return {layer: None for layer in self.layers}
+        return groups_to_heads(geo, self.kv_groups)
 
 
 def groups_to_heads(geo: ModelGeometry, units: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> dict[int, tuple[int, ...]]:
@@ -63,15 +71,19 @@ def rule_layers(num_layers: int) -> tuple[int, ...]:
 
 
 # Measured entries. SmolLM2-135M: of the bands 9-14, 15-20 and 21-26 only 21-26 moved both poles of extraversion
-# and agreeableness the right way, and rho 3 was right on every pole (reports/defaults.md); rho -20 is the
-# strongest that kept greedy replies within +0.10 repeated trigrams of plain, and CAA layer 15 x6 the calibrated
-# CAA (reports/compare_methods.md). Qwen2.5-Coder-0.5B: the CAA A/B curve rises at layer 14
-# (reports/caa_ab_qwen.md); its sites and rho follow the rule (reports/eval/qwen2.5).
+# and agreeableness the right way (reports/defaults.md); but every head of 21-26 loops (repeated 3-grams 0.11-0.28
+# against plain 0.02 on the tuning prompts at rho -4, 0 and 3), while KV group 2 of the same layers (query heads
+# 6-8) carried most of the reply contrast and stayed fluent: mi.tune chose it on both development poles it ran
+# on, at rho 0 and 3 (reports/tune_defaults_smollm2.md; the weaker one is shipped). rho -20 is the strongest that
+# kept every head of 21-26 within +0.10 repeated trigrams (reports/compare_methods.md, what `mi eval` compares at),
+# CAA layer 15 x6 the calibrated CAA. Qwen2.5-Coder-0.5B: the CAA A/B curve rises at layer 14
+# (reports/caa_ab_qwen.md); its sites and rho follow the rule (reports/eval/qwen2.5; not tuned: CPU budget).
 TABLE: tuple[ModelDefaults, ...] = (
     ModelDefaults(
-        layers=tuple(range(21, 27)), rho=3.0, calibrated_rho=-20.0, caa_layer=15, caa_multiplier=6.0,
-        source="reports/defaults.md, reports/compare_methods.md",
+        layers=tuple(range(21, 27)), rho=0.0, calibrated_rho=-20.0, caa_layer=15, caa_multiplier=6.0,
+        source="reports/tune_defaults_smollm2.md (sites, rho), reports/defaults.md, reports/compare_methods.md",
         name="smollm2-135m-instruct", fingerprint="6b0adf3dd8cf35da",
+        kv_groups=tuple((layer, 2) for layer in range(21, 27)),
     ),
     ModelDefaults(
         layers=rule_layers(24), rho=3.0, caa_layer=14, caa_multiplier=2.0,

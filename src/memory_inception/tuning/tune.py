@@ -69,7 +69,7 @@ def candidate_sites(geo: ModelGeometry, fingerprint: str | None = None) -> tuple
         if sites.heads and all(s != sites for _, s in out):
             out.append((label, sites))
 
-    add("default sites", Sites.default(geo, fingerprint))
+    add("default sites", Sites(d.site_heads(geo)))
     for k in RANKING_CUTS:
         if len(d.ranking) >= k:
             add(f"best {k} groups", Sites(groups_to_heads(geo, list(d.ranking[:k]))))
