@@ -134,20 +134,24 @@ def demo(
     max_new_tokens: common.TokensOpt = 48,
 ) -> None:
     """The same prompts plain, with the guidance as a visible system prompt, and as an MI bank; plus KV bytes."""
-    from memory_inception.core.architecture import geometry
+    from memory_inception.core.architecture import geometry, model_fingerprint
     from memory_inception.core.storage import prompt_kv_bytes
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     m, tok = common.load(model, device, dtype, device_map)
     text = common.read_text(guidance)
-    sites = common.sites_from(m, common.parse_layers(layers), None) or Sites.default(m)
-    bank = build_bank(m, tok, text, layers=list(sites.layers), name="guidance")
-    steering = Steering(target=bank, sites=sites, rho=rho)
     geo = geometry(m)
+    defaults = model_defaults(geo, fingerprint=model_fingerprint(m))
+    # what a new user gets: the table's sites (KV groups included) and strength, unless --layers / --rho say otherwise
+    sites = common.sites_from(m, common.parse_layers(layers), None) or Sites(defaults.site_heads(geo))
+    bank = build_bank(m, tok, text, sites=sites, name="guidance")  # stores only the KV groups the sites read
+    steering = Steering(target=bank, sites=sites, rho=rho if rho is not None else defaults.rho)
+    heads = sorted({h for hs in sites.heads.values() for h in (hs if hs is not None else range(geo.num_heads))})
+    which = "all heads" if len(heads) == geo.num_heads else f"heads {','.join(map(str, heads))}"
     common.console.print(f"[bold]guidance:[/bold] {text}")
     common.console.print(
         f"[dim]model: {geo.model_type}, {geo.num_layers} layers, {geo.num_heads} heads ({geo.num_kv_heads} KV); "
-        f"MI sites: all heads of layers {sites.layers[0]}-{sites.layers[-1]}, rho {steering.rho if steering.rho is not None else model_defaults(geo, fingerprint=bank.fingerprint).rho:g}, greedy[/dim]"
+        f"MI sites: {which} of layers {sites.layers[0]}-{sites.layers[-1]}, rho {steering.rho:g}, greedy[/dim]"
     )
     table = Table(show_lines=True)
     table.add_column("prompt", style="bold", max_width=18)
