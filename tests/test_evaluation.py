@@ -247,3 +247,55 @@ def test_regrade_rewrites_stale_verdicts_and_cell_counts() -> None:
     assert [r["correct"] for r in record["rows"]] == [False, True] and record["correct"] == 1
     assert all({"extracted", "score", "detail"} <= set(r) for r in record["rows"])
     assert storage == {"unit": "storage", "kind": "storage", "storage": {}}
+
+
+def _reasoning_cells(rows_by_method: dict[str, list[dict]]) -> list[dict]:
+    return [{"unit": f"electro|direct|{m}|0", "kind": "cell", "type": "electro", "mode": "direct", "method": m,
+             "rows": rows, "correct": sum(r["correct"] for r in rows), "n": len(rows)} for m, rows in rows_by_method.items()]
+
+
+def _row(pid: str, correct: bool, status: str = "ok") -> dict:
+    return {"id": pid, "routed": "electro", "reply": "r", "extracted": None, "correct": correct,
+            "score": float(correct), "detail": "", "status": status, "stated": 0, "step_timeouts": 0}
+
+
+def test_reasoning_report_counts_show_that_timeouts_and_errors_apart(tmp_path) -> None:
+    """A show-that reply, a timed-out grade and a grader error are not in a cell's denominator and are counted."""
+    cfg = load_config(task="physics", methods=["plain", "prompting", "mi"], options={"modes": ["direct"], "poolings": ["concat"]})
+    show = "physics/electro/5_8"
+    cells = _reasoning_cells({
+        "plain": [_row("physics/electro/2_15", False), _row(show, False, "show-that")],
+        "prompting": [_row("physics/electro/2_15", True), _row(show, False, "show-that")],
+        "mi": [_row("physics/electro/2_15", False, "timeout"), _row("physics/electro/2_13", False, "error")],
+    })
+    text = get_task("physics").report(cells, cfg, tmp_path)
+    electro = next(line for line in text.splitlines() if line.startswith("| electro |"))
+    assert electro.split(" | ")[1:4] == ["0/1", "1/1", "0/0"], electro  # show-that / timeout / error not counted
+    assert "with a verdict: better in 0, tied in 0 (0 of them at zero correct on both sides), worse in 0" in text
+    assert "- Correct answers in direct mode: plain 0/1, prompting 1/1, mi 0/0." in text
+    assert f"- Left out: 2 replies to 1 show-that problem(s) ({show})" in text
+    assert "- Grading timed out on 1 and failed with an error on 1 of 6 replies (counted apart, not as incorrect)." in text
+    diag = next(line for line in text.splitlines() if line.startswith("| direct | mi |"))
+    assert diag.split(" | ")[2:6] == ["2", "0", "1", "1"], diag  # replies, show-that, timed out, errors
+
+
+def test_reasoning_report_says_when_every_cell_is_a_tie_at_zero(tmp_path) -> None:
+    cfg = load_config(task="physics", methods=["plain", "prompting", "mi"], options={"modes": ["direct"], "poolings": ["concat"]})
+    cells = _reasoning_cells({m: [_row("physics/electro/2_15", False)] for m in ("plain", "prompting", "mi")})
+    text = get_task("physics").report(cells, cfg, tmp_path)
+    assert "- No method answers any graded problem correctly (plain 0/1, prompting 0/1, mi 0/1 in direct mode)" in text
+    assert "tied in 1 (1 of them at zero correct on both sides)" in text
+    assert "- Grading timed out on 0 and failed with an error on 0 of 3 replies" in text
+
+
+def test_regrade_records_statuses_and_lists_status_changes() -> None:
+    """An echo reply to a show-that problem, once credited, becomes status show-that: listed, out of the count."""
+    echo = r"To show that \(E^2 - B^2\) and \(\mathbf{E} \cdot \mathbf{B}\) are invariant"
+    record = {"unit": "electro|steps|mi|0", "kind": "cell", "correct": 1, "n": 1,
+              "rows": [{"id": "physics/electro/5_8", "reply": echo, "correct": True}]}
+    changed = get_task("physics").regrade([record])
+    assert len(changed) == 1 and "physics/electro/5_8: True -> False [ok -> show-that]" in changed[0], changed
+    row = record["rows"][0]
+    assert row["status"] == "show-that" and row["stated"] == 2 and row["step_timeouts"] == 0
+    assert record["correct"] == 0 and record["graded"] == 0
+    assert get_task("physics").regrade([record]) == []  # graded again: nothing changes

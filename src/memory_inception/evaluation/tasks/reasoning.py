@@ -57,12 +57,26 @@ class ReasoningOptions:
     solution_tokens: int = 384  # the reference solution's first tokens scored as the step-by-step reply
 
 
-def _grade_fields(problem: Any, reply: str) -> dict[str, Any]:
-    """One reply's grade as a cell row stores it."""
+def _grade_fields(problem: Any, reply: str, timeout: float | None = None) -> dict[str, Any]:
+    """One reply's grade as a cell row stores it (``status``: ok / show-that / timeout / error).
+
+    ``timeout``: seconds for the whole grading call (None: the grader's default).
+    """
     from memory_inception.evaluation.grading import grade
 
-    g = grade(problem, reply)
-    return {"extracted": g.extracted, "correct": g.correct, "score": g.score, "detail": g.detail[:300]}
+    g = grade(problem, reply) if timeout is None else grade(problem, reply, timeout=timeout)
+    return {"extracted": g.extracted, "correct": g.correct, "score": g.score, "detail": g.detail[:300],
+            "status": g.status, "stated": g.stated, "step_timeouts": g.step_timeouts}
+
+
+def status_of(row: dict[str, Any]) -> str:
+    """A stored row's grading status; rows graded before statuses existed are "ok"."""
+    return row.get("status", "ok")
+
+
+def graded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with a verdict (status "ok"): show-that problems, timeouts and errors are counted apart."""
+    return [r for r in rows if status_of(r) == "ok"]
 
 
 def sample(problems: list[Any], kinds: list[str], per_cell: int, seed: int) -> dict[str, list[Any]]:
@@ -96,18 +110,22 @@ class ReasoningTask(Task):
         by_id = {p.id: p for p in self._problems()[0]}
         return [by_id[i] for i in ids]
 
-    def regrade(self, records: list[dict[str, Any]]) -> list[str]:
-        """Grade the cells' stored replies again with the current grader, in place; one line per changed verdict."""
+    def regrade(self, records: list[dict[str, Any]], timeout: float | None = None) -> list[str]:
+        """Grade the cells' stored replies again with the current grader, in place; one line per changed verdict
+        or status (``timeout``: seconds per grading call, None for the grader's default)."""
         changed = []
         for record in records:
             if record.get("kind") != "cell":
                 continue
             for row, problem in zip(record["rows"], self._chosen([r["id"] for r in record["rows"]])):
-                fields = _grade_fields(problem, row["reply"])
-                if fields["correct"] != row["correct"]:
-                    changed.append(f"{record['unit']} {row['id']}: {row['correct']} -> {fields['correct']} ({fields['detail'][:120]})")
+                fields = _grade_fields(problem, row["reply"], timeout)
+                if fields["correct"] != row["correct"] or fields["status"] != status_of(row):
+                    status = "" if fields["status"] == status_of(row) else f" [{status_of(row)} -> {fields['status']}]"
+                    changed.append(f"{record['unit']} {row['id']}: {row['correct']} -> {fields['correct']}{status} "
+                                   f"({fields['detail'][:120]})")
                 row.update(fields)
             record["correct"] = sum(r["correct"] for r in record["rows"])
+            record["graded"] = len(graded(record["rows"]))
         return changed
 
     def _check(self, opts: ReasoningOptions) -> None:
@@ -198,7 +216,8 @@ class ReasoningTask(Task):
                                max_new_tokens=budget, batch_size=ctx.cfg.batch_size)
             for p, reply in zip(group, replies):
                 rows.append({"id": p.id, "routed": key, "reply": reply, **_grade_fields(p, reply)})
-        return {"rows": rows, "correct": sum(r["correct"] for r in rows), "n": len(rows), "budget": budget}
+        return {"rows": rows, "correct": sum(r["correct"] for r in rows), "n": len(rows), "graded": len(graded(rows)),
+                "budget": budget}
 
     def _likelihood(self, ctx: Context, f: dict[str, Any], opts: ReasoningOptions) -> dict[str, Any]:
         """Mean per-token log-probability of each reference solution (its first tokens) as the step-by-step reply.
@@ -259,24 +278,26 @@ class ReasoningTask(Task):
         types = list(dict.fromkeys(r["type"] for r in cells))
 
         def acc(rows: list[dict[str, Any]]) -> float:
+            rows = graded(rows)
             return sum(x["correct"] for x in rows) / len(rows) if rows else float("nan")
 
         header = ["type"]
         for mode in modes:
             header += [f"{mode}: {m}" for m in methods] + [f"{mode}: {m} − prompting" for m in mis]
-        body, wins = [], {m: [0, 0, 0] for m in mis}  # MI better, tie, prompting better
+        body, wins = [], {m: [0, 0, 0, 0] for m in mis}  # MI better, tie, prompting better; ties at zero correct
         for kind in types + ["all"]:
             row = [kind if kind != "all" else "**all**"]
             for mode in modes:
                 pick = {m: [x for t in (types if kind == "all" else [kind]) for x in rows_of.get((t, mode, m), [])] for m in methods}
-                row += [f"{sum(x['correct'] for x in pick[m])}/{len(pick[m])}" for m in methods]
+                row += [f"{sum(x['correct'] for x in pick[m])}/{len(graded(pick[m]))}" for m in methods]
                 for m in mis:
                     d = acc(pick[m]) - acc(pick["prompting"])
                     row.append(fmt(d, 2, signed=True))
                     if kind != "all" and not math.isnan(d):  # a cell without results counts for neither side
                         wins[m][0 if d > 0 else 1 if d == 0 else 2] += 1
+                        wins[m][3] += d == 0 and acc(pick["prompting"]) == 0
             body.append(row)
-        n_cells = {m: sum(wins[m]) for m in mis}
+        n_cells = {m: sum(wins[m][:3]) for m in mis}
         parts = [
             f"## {title} ({cfg.model})", "",
             f"{opts.per_cell} problems per type (a seeded sample, the same problems in every mode and method), "
@@ -287,15 +308,17 @@ class ReasoningTask(Task):
             "Prompting shows the type's checklist and the auxiliary texts as one system message; MI reads the same texts "
             "as banks: " + ", ".join(POOLING_TEXT[x] for x in opts.poolings) + ". "
             "Graded offline (memory_inception.evaluation.grading). CAA is not run: a checklist has no contrast pairs.", "",
-            "Correct answers per cell:", "",
+            "Correct answers per cell, over the replies with a verdict (status ok; show-that problems, grader "
+            "timeouts and errors are counted apart below):", "",
             table(header, body), "",
         ]
         for m in mis:
-            better, tie, worse = wins[m]
-            parts.append(f"- {m} against prompting over the {n_cells[m]} type x mode cells: better in {better}, tied in {tie}, "
-                         f"worse in {worse} (the paper reports MI better in 10 of 12 cells on an 8B model).")
-        if mis:
-            parts.append("")
+            better, tie, worse, zero = wins[m]
+            parts.append(f"- {m} against prompting over the {n_cells[m]} type x mode cells with a verdict: better in {better}, "
+                         f"tied in {tie} ({zero} of them at zero correct on both sides), worse in {worse} (the paper reports "
+                         "MI better in 10 of 12 cells on an 8B model).")
+        parts += self._readings(cells, methods, modes)
+        parts.append("")
         # diagnostics: partial credit, answer format, repetition
         diag = []
         for mode in modes:
@@ -303,14 +326,21 @@ class ReasoningTask(Task):
                 rows = [x for t in types for x in rows_of.get((t, mode, m), [])]
                 if not rows:
                     continue
-                diag.append([mode, m, len(rows), fmt(nanmean([x["score"] for x in rows]), 3),
+                status = [status_of(x) for x in rows]
+                diag.append([mode, m, len(rows), status.count("show-that"), status.count("timeout"), status.count("error"),
+                             sum(x.get("step_timeouts", 0) > 0 for x in rows),
+                             fmt(nanmean([x["score"] for x in graded(rows)]), 3),
                              fmt(sum(x["extracted"] is not None for x in rows) / len(rows), 2),
                              fmt(sum("\\boxed" in x["reply"] for x in rows) / len(rows), 2),
                              fmt(nanmean([repeated_ngram_rate(x["reply"]) for x in rows]), 3),
                              fmt(nanmean([len(x["reply"]) for x in rows]), 0)])
-        parts += ["Diagnostics per mode and method: mean partial score (the fraction of listed answers matched), the share of "
-                  "replies with an extractable final answer and with a \\boxed{} answer, repeated 3-grams, reply length.", "",
-                  table(["mode", "method", "replies", "partial score", "answer found", "boxed", "repeated 3-grams", "chars"], diag), ""]
+        parts += ["Diagnostics per mode and method: replies; how many were not graded because the question prints every "
+                  "listed answer (show-that), because grading timed out, or because the grader raised; how many graded "
+                  "replies had a bounded step (one parse or check) time out; the mean partial score of the graded "
+                  "replies (the fraction of listed answers matched); the share of replies with an extractable final "
+                  "answer and with a \\boxed{} answer, repeated 3-grams, reply length.", "",
+                  table(["mode", "method", "replies", "show-that", "timed out", "errors", "steps timed out", "partial score",
+                         "answer found", "boxed", "repeated 3-grams", "chars"], diag), ""]
         parts += self._likelihood_table(records, methods, mis)
         parts += self._routing_table() + [""]
         png = self._plot(types, modes, methods, rows_of, out)
@@ -334,6 +364,29 @@ class ReasoningTask(Task):
                 parts += [f"Example ({m}, {modes[-1]}): {example['id']}, extracted {example['extracted']!r}, correct "
                           f"{example['correct']}; the reply starts {example['reply'][:240]!r}", ""]
         return "\n".join(parts)
+
+    def _readings(self, cells: list[dict[str, Any]], methods: list[str], modes: list[str]) -> list[str]:
+        """What the cell counts say, in words: the correct answers per method and what was left out."""
+        rows = {m: [x for r in cells if r["method"] == m for x in r["rows"]] for m in methods}
+        right = {m: sum(x["correct"] for x in graded(rows[m])) for m in methods}
+        counts = ", ".join(f"{m} {right[m]}/{len(graded(rows[m]))}" for m in methods)
+        over = f"over the {len(modes)} modes" if len(modes) > 1 else f"in {modes[0]} mode" if modes else ""
+        lines = []
+        if methods and not any(right.values()):
+            lines.append(f"- No method answers any graded problem correctly ({counts} {over}), so every comparison "
+                         "above is a tie at zero: these runs say nothing about MI against prompting on accuracy.")
+        elif methods:
+            lines.append(f"- Correct answers {over}: {counts}.")
+        every = [x for m in methods for x in rows[m]]
+        show = sorted({x["id"] for x in every if status_of(x) == "show-that"})
+        if show:
+            lines.append(f"- Left out: {sum(status_of(x) == 'show-that' for x in every)} replies to {len(show)} show-that "
+                         f"problem(s) ({', '.join(show)}): the question prints every listed answer, so a match would "
+                         "credit copying the question.")
+        failed = {st: sum(status_of(x) == st for x in every) for st in ("timeout", "error")}
+        lines.append(f"- Grading timed out on {failed['timeout']} and failed with an error on {failed['error']} of "
+                     f"{len(every)} replies (counted apart, not as incorrect).")
+        return lines
 
     def _likelihood_table(self, records: list[dict[str, Any]], methods: list[str], mis: list[str]) -> list[str]:
         """Reference-solution log-probability per type and method, as the change from plain."""
@@ -369,18 +422,21 @@ class ReasoningTask(Task):
 
     def _routing_table(self) -> list[str]:
         """Keyword routing against the known type, over the whole benchmark (no model needed)."""
-        from memory_inception.evaluation.heuristics import route
+        from memory_inception.evaluation.heuristics import GENERAL_KEY, route
 
         problems, kinds = self._problems()
-        rows, hit = [], 0
+        rows, hit, unmatched = [], 0, 0
         for kind in kinds:
             pool = [p for p in problems if p.kind == kind]
-            ok = sum(route(p, "keywords") == kind for p in pool)
-            hit += ok
-            rows.append([kind, len(pool), f"{ok}/{len(pool)}"])
-        rows.append(["**all**", len(problems), f"{hit}/{len(problems)} = {hit / len(problems):.1%}"])
-        return ["Keyword routing (the checklist chosen from the question text alone) agrees with the known type on:", "",
-                table(["type", "problems", "routed to its own type"], rows)]
+            keys = [route(p, "keywords") for p in pool]
+            ok, none = sum(k == kind for k in keys), sum(k == GENERAL_KEY for k in keys)
+            hit, unmatched = hit + ok, unmatched + none
+            rows.append([kind, len(pool), f"{ok}/{len(pool)}", none])
+        rows.append(["**all**", len(problems), f"{hit}/{len(problems)} = {hit / len(problems):.1%}", unmatched])
+        return ["Keyword routing (the checklist chosen from the question text alone) agrees with the known type on the "
+                "counts below; a question that no keyword rule matches gets the benchmark's general checklist (key "
+                f"{GENERAL_KEY!r}, no type guessed) and counts as not routed to its type:", "",
+                table(["type", "problems", "routed to its own type", "no keyword matched"], rows)]
 
     def _plot(self, types: list[str], modes: list[str], methods: list[str], rows_of: dict, out: Path) -> Path | None:
         from memory_inception.evaluation.analysis import bars
@@ -391,8 +447,8 @@ class ReasoningTask(Task):
         for mode in modes:
             for kind in types:
                 groups[f"{kind[:14]} ({mode})"] = {
-                    m: (sum(x["correct"] for x in rows_of[(kind, mode, m)]) / len(rows_of[(kind, mode, m)]))
-                    for m in methods if rows_of.get((kind, mode, m))
+                    m: sum(x["correct"] for x in graded(rows_of[(kind, mode, m)])) / len(graded(rows_of[(kind, mode, m)]))
+                    for m in methods if graded(rows_of.get((kind, mode, m), []))
                 }
         return bars(groups, out / f"{self.name}_cells.png", f"{self.name}: accuracy per type x mode", "accuracy")
 
