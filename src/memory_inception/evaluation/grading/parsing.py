@@ -21,10 +21,9 @@ def _unprime(m: re.Match[str]) -> str:
     return f"{m.group(1)}_{{{sub}{'p' * primes}}}"
 
 
-#: Parsed expressions by LaTeX text (at most :data:`_CACHE_SIZE`); a parse that timed out or failed is not stored.
+#: Parsed expressions (None: unparseable) by LaTeX text, at most :data:`_CACHE_SIZE`.
 _PARSED: dict[str, Any] = {}
 _CACHE_SIZE = 4096
-_NOT_PARSED = object()
 
 
 def _parse(latex: str) -> Any:
@@ -74,10 +73,9 @@ def to_sympy(latex: str) -> Any:
         return None
     if latex in _PARSED:
         return _PARSED[latex]
-    # Not cached on a timeout: a deadline that fired (even one swallowed inside latex2sympy) says nothing about the text.
-    expr = bounded(lambda: _parse(latex), PARSE_SECONDS, _NOT_PARSED)
-    if expr is _NOT_PARSED:
-        return None
+    # A parse that ran out of its own PARSE_SECONDS is stored as None (counted once as a step timeout; a repeat
+    # would time out the same way). One the whole call's deadline interrupts raises through and is not stored.
+    expr = bounded(lambda: _parse(latex), PARSE_SECONDS, None)
     if len(_PARSED) < _CACHE_SIZE:
         _PARSED[latex] = expr
     return expr
