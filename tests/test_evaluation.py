@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -20,11 +21,25 @@ from memory_inception.evaluation import (
     run_task,
     write_report,
 )
-from memory_inception.evaluation.analysis import control_and_drift, nanmean
+from memory_inception.evaluation.analysis import (
+    above_zero,
+    below_zero,
+    control_and_drift,
+    fmt_interval,
+    nanmean,
+    paired_margin_shift,
+)
+from memory_inception.evaluation.tasks.capability import accuracy_change
 from memory_inception.evaluation.tasks.dialogue import aligned, parse_pair, variants
 from memory_inception.evaluation.tasks.kv_storage import KVDims, published_dims
 from memory_inception.evaluation.tasks.persistence import cut
-from memory_inception.evaluation.tasks.personality import control_rows, summary_rows
+from memory_inception.evaluation.tasks.personality import (
+    control_rows,
+    judge_scores,
+    likert_scores,
+    statement_scores,
+    summary_rows,
+)
 
 runner = CliRunner()
 
@@ -67,23 +82,103 @@ def test_control_and_drift():
     assert math.isnan(nanmean([])) and nanmean([1.0, float("nan"), 3.0]) == 2.0
 
 
-def test_poles_are_reported_separately():
-    plain = {"extraversion": 0.0, "openness": 0.0}
-    values = {
-        ("none", "plain"): plain,
+def _statement_records(shifts: dict[tuple[str, str], dict[str, float]], noise: float = 0.0, n: int = 12) -> list[dict]:
+    """bigfive statement records with per-statement log-probs: plain's are noise around -3 (seeded), and a
+    condition's matching statements move by shifts[condition][trait], its non-matching ones not at all; `noise`
+    adds independent per-statement noise to every steered condition."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = {t: {side: list(-3.0 + rng.normal(0, 0.5, n)) for side in ("matching", "nonmatching")}
+            for t in ("extraversion", "openness")}
+    records = []
+    for (persona, method), by_trait in {("none", "plain"): {}, **shifts}.items():
+        for trait in base:
+            shift = by_trait.get(trait, 0.0)
+            jitter = (lambda: rng.normal(0, noise, n)) if method != "plain" else (lambda: np.zeros(n))
+            entry = {"offset": 300,
+                     "matching": [float(v) for v in np.add(base[trait]["matching"], shift) + jitter()],
+                     "nonmatching": [float(v) for v in np.add(base[trait]["nonmatching"], 0.0) + jitter()]}
+            records.append({"unit": f"{persona}|{method}|statements|{trait}", "persona": persona, "method": method,
+                            "measure": "statements", "trait": trait, "statements": 2 * n, "logprobs": entry,
+                            "value": nanmean(entry["matching"]) - nanmean(entry["nonmatching"])})
+    return records
+
+
+def test_poles_are_reported_separately_and_moved_means_the_interval_excludes_zero():
+    records = _statement_records({
         # mi separates the poles; caa moves both up (steers nothing about the trait)
         ("extraversion:high", "mi"): {"extraversion": 0.5, "openness": 0.1},
         ("extraversion:low", "mi"): {"extraversion": -0.2, "openness": -0.1},
-        ("extraversion:high", "caa"): {"extraversion": 0.4, "openness": 0.0},
-        ("extraversion:low", "caa"): {"extraversion": 0.3, "openness": 0.0},
-    }
-    rows = control_rows(values)
+        ("extraversion:high", "caa"): {"extraversion": 0.4},
+        ("extraversion:low", "caa"): {"extraversion": 0.3},
+    })
+    scores = statement_scores(records)
+    rows = control_rows(scores)
     by = {(r["persona"], r["method"]): r for r in rows}
-    assert by[("extraversion:low", "caa")]["control"] == pytest.approx(-0.3)
-    assert by[("extraversion:low", "mi")]["control"] == pytest.approx(0.2)
-    summary = {row[0]: row for row in summary_rows(rows)}
-    assert summary["mi"][3:] == ["2/2", "1/1", "1/1"]
-    assert summary["caa"][3:] == ["1/2", "1/1", "0/1"]  # high above low, but not opposite ways
+    assert by[("extraversion:low", "caa")]["control"].estimate == pytest.approx(-0.3)
+    assert by[("extraversion:low", "mi")]["control"].estimate == pytest.approx(0.2)
+    assert by[("extraversion:high", "mi")]["drift"].estimate == pytest.approx(0.1)
+    # no noise on top of the shifts: every statement moved alike, so each interval is the point
+    assert by[("extraversion:low", "mi")]["control"].low == pytest.approx(0.2)
+    summary = {row[0]: row for row in summary_rows(rows, scores)}
+    assert summary["mi"][3:] == ["2/2", "0/2", "1/1", "1/1"]
+    assert summary["caa"][3:] == ["1/2", "1/2", "1/1", "0/1"]  # high above low, but the low pole moved up
+    assert summary["mi"][1].startswith("+0.350 [+0.350, +0.350]")
+
+
+def test_a_shift_lost_in_per_statement_noise_is_not_counted_as_moved():
+    """The old rule counted any sign; a tiny shift under noise of 0.5 per statement has an interval covering 0."""
+    records = _statement_records({("extraversion:high", "mi"): {"extraversion": 0.01},
+                                  ("extraversion:low", "mi"): {"extraversion": -0.01}}, noise=0.5)
+    scores = statement_scores(records)
+    rows = control_rows(scores)
+    assert all(not above_zero(r["control"]) and not below_zero(r["control"]) for r in rows)
+    assert all(r["control"].low < 0 < r["control"].high for r in rows)
+    assert {row[0]: row for row in summary_rows(rows, scores)}["mi"][3:] == ["0/2", "0/2", "0/1", "0/1"]
+    # records without per-statement values (made before they were stored) give no intervals at all
+    assert statement_scores([{k: v for k, v in r.items() if k != "logprobs"} for r in records]) is None
+
+
+def test_paired_intervals_on_known_cases():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    plain = {"matching": list(rng.normal(-3, 1, 20)), "nonmatching": list(rng.normal(-3, 1, 20))}
+    up = {"matching": [v + 0.2 + 0.05 * rng.random() for v in plain["matching"]], "nonmatching": plain["nonmatching"]}
+    shift = paired_margin_shift(plain, up)
+    assert 0.2 < shift.low <= shift.estimate <= shift.high < 0.25 and above_zero(shift)  # all shifts positive
+    assert below_zero(paired_margin_shift(plain, up, sign=-1.0))  # toward a low pole it moved away
+    symmetric = [0.3, -0.3] * 10  # symmetric noise around no change
+    noisy = {"matching": [v + d for v, d in zip(plain["matching"], symmetric)], "nonmatching": plain["nonmatching"]}
+    covered = paired_margin_shift(plain, noisy)
+    assert covered.estimate == pytest.approx(0.0, abs=1e-12) and covered.low < 0 < covered.high
+    assert not above_zero(covered) and not below_zero(covered) and not above_zero(None)
+    # capability: the same questions plain and steered, paired by id
+    same = accuracy_change({i: float(i % 2) for i in range(10)}, {i: float(i % 2) for i in range(10)})
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    better = accuracy_change({i: 1.0 for i in range(10)}, {i: float(i < 5) for i in range(12)})  # 2 unanswered
+    assert better.estimate == pytest.approx(0.5) and better.low > 0
+    assert fmt_interval(better) == f"+0.500 [{better.low:+.3f}, {better.high:+.3f}]"
+
+
+def test_likert_and_judge_scores_pair_items_across_conditions():
+    plain = {"unit": "none|plain|likert|extraversion", "persona": "none", "method": "plain", "measure": "likert",
+             "trait": "extraversion", "value": 3.0, "items": [[1, 3.0, 0.99], [2, 2.0, 0.99], [3, 4.0, 0.99]]}
+    high = {**plain, "persona": "extraversion:high", "method": "mi", "unit": "x",
+            "items": [[3, 4.5, 0.99], [1, 3.5, 0.99], [2, 2.5, 0.99]]}  # other order: paired by id
+    rows = control_rows(likert_scores([plain, high]))
+    assert rows[0]["control"].estimate == pytest.approx(0.5) and rows[0]["control"].low == pytest.approx(0.5)
+    with pytest.raises(EvaluationError, match="different items"):
+        likert_scores([plain, {**high, "items": high["items"][:2]}])
+    judged = [{"kind": "replies", "persona": "none", "method": "plain",
+               "judge_items": {"extraversion": [0.4, 0.5, 0.6], "openness": [0.5, 0.5, 0.5]}},
+              {"kind": "replies", "persona": "extraversion:low", "method": "caa",
+               "judge_items": {"extraversion": [0.2, 0.3, 0.4], "openness": [0.6, 0.6, 0.6]}}]
+    row = control_rows(judge_scores(judged))[0]
+    assert row["control"].estimate == pytest.approx(0.2) and above_zero(row["control"])
+    assert row["drift"].estimate == pytest.approx(0.1)
+    assert judge_scores([{k: v for k, v in r.items() if k != "judge_items"} for r in judged]) is None
 
 
 def test_dialogue_helpers():
@@ -175,6 +270,26 @@ def _config(tmp_path, tiny_dir, task):
     return path
 
 
+def _per_item_values(task, r) -> bool:
+    def statements_of(entry, n):
+        return entry["offset"] == 300 and len(entry["matching"]) == len(entry["nonmatching"]) == n
+
+    if task == "bigfive":
+        if r["measure"] == "likert":
+            return len(r["items"]) == 2 and all(len(item) == 3 for item in r["items"])
+        return statements_of(r["logprobs"], 2) and r["value"] == pytest.approx(
+            nanmean(r["logprobs"]["matching"]) - nanmean(r["logprobs"]["nonmatching"]), abs=1e-5)
+    if task == "bigfive-generation":
+        return r["kind"] == "judges" or all(len(v) == 2 for v in r["judge_items"].values())
+    if task == "dialogue":
+        return statements_of(r["logprobs_a"], 2) and statements_of(r["logprobs_b"], 2) and len(r["align_b"][0]) == 2
+    if task == "persistence":
+        return r["kind"] == "history" or statements_of(r["logprobs"], 2)
+    if task == "capability":
+        return all("id" in row and "correct" in row for row in r["rows"])
+    return True
+
+
 @pytest.mark.real_model
 @pytest.mark.parametrize("task", list(TASKS))
 def test_smoke_every_task_and_report(tmp_path, tiny_dir, task):
@@ -184,6 +299,8 @@ def test_smoke_every_task_and_report(tmp_path, tiny_dir, task):
     assert result.exit_code == 0, result.output
     records = read_records(out / f"{task}.jsonl")
     assert records and len({r["unit"] for r in records}) == len(records)
+    for r in records:  # the per-item values the report's intervals resample
+        assert _per_item_values(task, r), (task, r["unit"])
     again = runner.invoke(app, ["eval", task, "--config", str(_config(tmp_path, tiny_dir, task)), "--limit", "2",
                                 "--out", str(out)])
     assert again.exit_code == 0 and len(read_records(out / f"{task}.jsonl")) == len(records)  # resumed: nothing redone
@@ -299,3 +416,88 @@ def test_regrade_records_statuses_and_lists_status_changes() -> None:
     assert row["status"] == "show-that" and row["stated"] == 2 and row["step_timeouts"] == 0
     assert record["correct"] == 0 and record["graded"] == 0
     assert get_task("physics").regrade([record]) == []  # graded again: nothing changes
+
+
+# ---- the held-out statement split, carried-over runs, cached artifacts per dtype ------------------------
+def test_scored_statements_overlap_nothing_that_chose_a_default_or_built_a_vector():
+    from pathlib import Path
+
+    from memory_inception.datasets.traits import statements
+    from memory_inception.evaluation.base import eval_statements, split_note
+    from memory_inception.evaluation.config import CAA_STATEMENT_OFFSET, EVAL_STATEMENTS, STATEMENT_USES
+
+    offset, count = EVAL_STATEMENTS
+    for who, (lo, hi) in STATEMENT_USES.items():
+        assert hi <= offset or lo >= offset + count, who
+    # the recorded ranges are the ones the code reads: mi eval's CAA pairs, compare_methods' calibration / CAA
+    assert (CAA_STATEMENT_OFFSET, CAA_STATEMENT_OFFSET + load_config(task="bigfive").caa.pairs) in STATEMENT_USES.values()
+    source = (Path(__file__).parents[1] / "experiments" / "compare_methods.py").read_text()
+    assert "statements(trait, 30, offset=30)" in source and "start: int = 60, count: int = 150" in source
+    assert {(0, 30), (30, 60), (60, 210), (475, 500)} <= set(STATEMENT_USES.values())
+    for trait in ("extraversion", "agreeableness"):
+        yes, no = eval_statements(trait, None)
+        assert len(yes) == len(no) == count
+        used = set()
+        for lo, hi in STATEMENT_USES.values():
+            used |= {s for side in statements(trait, hi - lo, offset=lo) for s in side}
+        assert not (set(yes) | set(no)) & used
+    assert "held out from everything" in split_note(count) and "NOT held out" in split_note(10, offset=20)
+    assert "not held out" in split_note(15, offset=None)
+    with pytest.raises(EvaluationError, match="use at most"):  # CAA pairs running into the scored statements
+        load_config(task="bigfive", caa={"pairs": offset - CAA_STATEMENT_OFFSET + 1})
+
+
+def _stored_run(out, cfg, records, **identity_changes):
+    out.mkdir(parents=True, exist_ok=True)
+    identity = {k: v for k, v in cfg.identity().items() if k != "statement_split"} | identity_changes
+    (out / f"{cfg.task}.config.json").write_text(json.dumps({"config": identity, "created": "2026-11-22 08:00:29"}))
+    (out / f"{cfg.task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_new_statement_split_carries_over_only_what_reads_no_statements(tmp_path):
+    from memory_inception.evaluation.runner import carry_over, check_config, identity_diff
+
+    cfg = load_config(task="bigfive", methods=["plain", "mi"], personas=["extraversion:high"])
+    likert = {"unit": "none|plain|likert|openness", "measure": "likert", "value": 3.0}
+    stale = {"unit": "none|plain|statements|openness", "measure": "statements", "value": 0.1}
+    _stored_run(tmp_path, cfg, [likert, stale])  # made before the identity recorded the split
+    with pytest.raises(EvaluationError, match="statement_split"):
+        check_config(tmp_path, cfg)
+    assert carry_over(TASKS["bigfive"], cfg, tmp_path) == 1
+    kept = read_records(tmp_path / "bigfive.jsonl")
+    assert kept == [{**likert, "carried_from": "2026-11-22 08:00:29"}]
+    check_config(tmp_path, cfg)  # a resume now redoes exactly the statement units
+    assert carry_over(TASKS["bigfive"], cfg, tmp_path) == 1  # nothing changed: nothing dropped
+    stored = json.loads((tmp_path / "bigfive.config.json").read_text())
+    assert stored["carried_over"] == {"from": "2026-11-22 08:00:29", "records": 1, "changed": ["statement_split"]}
+    _stored_run(tmp_path / "other", cfg, [likert], mi={**cfg.identity()["mi"], "rho": 9.0})
+    with pytest.raises(EvaluationError, match="mi.rho"):  # another method strength: not carried over
+        carry_over(TASKS["bigfive"], cfg, tmp_path / "other")
+    # persistence keeps its history (the plain model's replies) across other lengths and a new split
+    pcfg = load_config(task="persistence", options={"lengths": [0, 2048]})
+    history = {"unit": "history", "kind": "history", "turns": []}
+    point = {"unit": "extraversion:high|mi|0", "kind": "point"}
+    _stored_run(tmp_path / "p", pcfg, [history, point], options={**pcfg.identity()["options"], "lengths": [0, 512]})
+    assert identity_diff(json.loads((tmp_path / "p" / "persistence.config.json").read_text())["config"],
+                         pcfg.identity()) == ["options.lengths", "statement_split"]
+    assert carry_over(TASKS["persistence"], pcfg, tmp_path / "p", differs_in=("statement_split", "options.lengths")) == 1
+    assert [r["unit"] for r in read_records(tmp_path / "p" / "persistence.jsonl")] == ["history"]
+
+
+def test_cached_banks_and_vectors_are_named_per_dtype(tmp_path, tiny_models, tiny_tokenizer):
+    from memory_inception.evaluation.base import Context
+
+    fp32 = Context(load_config(task="bigfive", device="cpu"), tmp_path)
+    bf16 = Context(load_config(task="bigfive", device="cpu", dtype="bf16"), tmp_path)
+    assert fp32.artifact_name("extraversion") == "extraversion"  # as the committed runs' files
+    assert bf16.artifact_name("extraversion") == "extraversion-bfloat16"
+    model = tiny_models("llama")
+    text = "you are a cheerful pirate who loves the sea"
+    fp32 = Context(fp32.cfg, tmp_path, model, tiny_tokenizer)
+    built = fp32.text_bank("pirate", text)
+    assert (tmp_path / "banks" / "pirate.safetensors").is_file()
+    bf16 = Context(bf16.cfg, tmp_path, copy.deepcopy(model).to(torch.bfloat16), tiny_tokenizer)  # the shared one stays fp32
+    other = bf16.text_bank("pirate", text)
+    assert (tmp_path / "banks" / "pirate-bfloat16.safetensors").is_file()  # built anew, not the fp32 file
+    assert other.dtype == torch.bfloat16 and built.dtype == torch.float32
+    assert bf16.text_bank("pirate", text) is other

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from memory_inception.datasets.traits import TRAITS
+from memory_inception.evaluation.config import parse_persona
+from memory_inception.tuning.statistics import Interval, bootstrap
 
 METHOD_COLORS = {"plain": "#7f7f7f", "prompting": "#1f77b4", "caa": "#ff7f0e", "mi": "#2ca02c", "mi-mean": "#98df8a"}
 
@@ -16,6 +21,97 @@ def nanmean(values: Sequence[float]) -> float:
     """Mean of the finite values; nan when there are none."""
     kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return sum(kept) / len(kept) if kept else math.nan
+
+
+def statement_margin_of(entry: Mapping[str, Sequence[float]]) -> float:
+    """The statement margin of a record's per-statement entry: mean matching minus mean non-matching log-prob."""
+    return nanmean(entry["matching"]) - nanmean(entry["nonmatching"])
+
+
+MOVED_RULE = (
+    "Intervals are 95% percentile-bootstrap intervals (2000 resamples, seed 0) over the items (persona statements, "
+    "Likert items, prompts, questions), paired: the same items scored under plain and under the method are resampled "
+    "together. A pole counts as moved toward its pole only when the interval of its control lies above 0 (\u201cmoved "
+    "away\u201d: below 0); a trait's poles are apart when the interval of high-pole change minus low-pole change lies "
+    "above 0, and both poles moved when both controls' intervals lie above 0."
+)
+
+
+def fmt_interval(interval: Interval | None, digits: int = 3) -> str:
+    """`+0.123 [+0.045, +0.201]`; `n/a` without an estimate, `+0.123 (no interval)` with only an estimate."""
+    if interval is None or math.isnan(interval.estimate):
+        return "n/a"
+    if math.isnan(interval.low):
+        return f"{interval.estimate:+.{digits}f} (no interval)"
+    return f"{interval.estimate:+.{digits}f} [{interval.low:+.{digits}f}, {interval.high:+.{digits}f}]"
+
+
+def above_zero(interval: Interval | None) -> bool:
+    """The "moved" rule: the interval excludes 0 on the positive side."""
+    return interval is not None and interval.excludes(0.0) and interval.low > 0.0
+
+
+def below_zero(interval: Interval | None) -> bool:
+    return interval is not None and interval.excludes(0.0) and interval.high < 0.0
+
+
+@dataclass
+class ItemScores:
+    """Per-item values of one measure under several conditions, laid out for the paired bootstrap.
+
+    `groups` are arrays of items (rows) by columns; the rows of a group are resampled together, groups on their
+    own. A trait's score under a condition is `sum(weight * mean(groups[g][:, base + columns[condition]]))` over
+    its `parts` (g, weight, base): a statement margin is (matching, +1, 0), (non-matching, -1, 0); a Likert or
+    judge score one part. Every condition is scored on the same items, so the differences are paired.
+    """
+
+    columns: dict[tuple[str, str], int]  # (persona, method) -> column (after `base`)
+    groups: list[np.ndarray] = field(default_factory=list)
+    parts: dict[str, list[tuple[int, float, int]]] = field(default_factory=dict)
+
+    def score(self, means: Mapping[int, np.ndarray], trait: str, condition: tuple[str, str]) -> float:
+        c = self.columns[condition]
+        return float(sum(w * means[g][base + c] for g, w, base in self.parts[trait]))
+
+    def has(self, trait: str, condition: tuple[str, str]) -> bool:
+        return trait in self.parts and condition in self.columns
+
+    def interval(self, statistic: Callable[[Mapping[int, np.ndarray]], float], traits: Sequence[str]) -> Interval:
+        """`statistic(means)` (means: {group index: column means}) with its bootstrap interval, resampling the
+        groups of `traits` only (the statistic must read no other group)."""
+        used = sorted({g for t in traits for g, _, _ in self.parts[t]})
+
+        def stat(*arrays: np.ndarray) -> float:
+            return statistic({g: a.mean(axis=0) for g, a in zip(used, arrays)})
+
+        return bootstrap(stat, *(self.groups[g] for g in used))
+
+    def change(self, means: Mapping[int, np.ndarray], trait: str, condition: tuple[str, str]) -> float:
+        """The trait's score under `condition` minus plain's."""
+        return self.score(means, trait, condition) - self.score(means, trait, ("none", "plain"))
+
+    def control(self, means: Mapping[int, np.ndarray], persona: str, method: str) -> float:
+        trait, pole = parse_persona(persona)
+        return (1.0 if pole == "high" else -1.0) * self.change(means, trait, (persona, method))
+
+    def drift(self, means: Mapping[int, np.ndarray], persona: str, method: str) -> float:
+        trait, _ = parse_persona(persona)
+        others = [t for t in TRAITS if t != trait and self.has(t, (persona, method))]
+        return nanmean([abs(self.change(means, t, (persona, method))) for t in others])
+
+    def others(self, persona: str) -> list[str]:
+        trait, _ = parse_persona(persona)
+        return [t for t in TRAITS if t != trait and t in self.parts]
+
+
+def paired_margin_shift(
+    plain: Mapping[str, Sequence[float]], steered: Mapping[str, Sequence[float]], sign: float = 1.0
+) -> Interval:
+    """The change of a statement margin from `plain` to `steered` (per-statement entries of the same statements),
+    times `sign` (-1 toward a low pole), with its paired bootstrap interval over statements."""
+    groups = [np.stack([np.asarray(plain[side], float), np.asarray(steered[side], float)], 1)
+              for side in ("matching", "nonmatching")]
+    return bootstrap(lambda m, n: sign * ((m[:, 1] - m[:, 0]).mean() - (n[:, 1] - n[:, 0]).mean()), *groups)
 
 
 def control_and_drift(

@@ -18,17 +18,22 @@ from memory_inception.core.sites import Sites, parse_layers
 from memory_inception.core.steering import Steering
 from memory_inception.datasets.traits import DESCRIPTORS, statements
 from memory_inception.errors import EvaluationError
-from memory_inception.evaluation.config import EvalConfig, parse_persona
+from memory_inception.evaluation.config import (
+    CAA_STATEMENT_OFFSET,
+    EVAL_STATEMENTS,
+    STATEMENT_USES,
+    EvalConfig,
+    parse_persona,
+)
 from memory_inception.methods.caa.method import CAA
 from memory_inception.methods.caa.pairs import STATEMENT_PROMPT, ContrastPair
 from memory_inception.methods.caa.vectors import SteeringVector, build_steering_vector
-from memory_inception.methods.interface import Method, Plain
+from memory_inception.methods.interface import Messages, Method, Plain
 from memory_inception.methods.mi import MI
 from memory_inception.methods.prompting import Prompting
+from memory_inception.methods.runners import ASK, score_shared
 
-# Persona statements are split three ways so no statement both builds a steering vector and scores a method.
-EVAL_STATEMENTS = (0, 30)  # offset, count per side for scoring
-CAA_STATEMENT_OFFSET = 60  # CAA contrast pairs start here
+ITEM_DIGITS = 6  # per-item values in records are rounded to this many decimals
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,11 @@ class Task:
     def report(self, records: list[dict[str, Any]], cfg: EvalConfig, out: Path) -> str:
         """Markdown for this task's section; may write PNG plots into `out`."""
         raise NotImplementedError
+
+    def unchanged_by(self, record: dict[str, Any], changed: tuple[str, ...]) -> bool:
+        """Whether `record` would come out the same under a configuration that differs only in the identity keys
+        `changed` (`runner.carry_over` keeps such records). By default only when nothing changed."""
+        return not changed
 
 
 class Context:
@@ -110,11 +120,18 @@ class Context:
         """The persona's bank, built once and kept in `out/banks/` (reloaded with a fingerprint check)."""
         return self.text_bank(persona.replace(":", "-"), self.persona_text(persona))
 
+    def artifact_name(self, name: str) -> str:
+        """The file stem of a bank or vector built by this run: `name`, with the dtype appended when it is not
+        float32 (`NAME-bfloat16`), so runs in different dtypes sharing a directory never read each other's files
+        (the model fingerprint, which loading checks, does not depend on the dtype)."""
+        dtype = str(self.cfg.torch_dtype).removeprefix("torch.")
+        return name if dtype == "float32" else f"{name}-{dtype}"
+
     def text_bank(self, name: str, text: str, pooling: str = "concat") -> Bank:
-        """A bank of `text` under `name`, built once per run directory (`out/banks/NAME[-mean].safetensors`)."""
+        """A bank of `text` under `name`, built once per run directory (`out/banks/NAME[-mean][-DTYPE].safetensors`)."""
         key = name if pooling == "concat" else f"{name}-{pooling}"
         if key not in self._banks:
-            path = self.out / "banks" / f"{key}.safetensors"
+            path = self.out / "banks" / f"{self.artifact_name(key)}.safetensors"
             if path.is_file():
                 bank = Bank.load(path, self.model)
                 if bank.text != text:
@@ -126,9 +143,10 @@ class Context:
         return self._banks[key]
 
     def vector(self, trait: str) -> SteeringVector:
-        """CAA steering vector for `trait` (high minus low), from persona statements disjoint from scoring."""
+        """CAA steering vector for `trait` (high minus low), from persona statements disjoint from scoring
+        (`out/vectors/TRAIT[-DTYPE].safetensors`)."""
         if trait not in self._vectors:
-            path = self.out / "vectors" / f"{trait}.safetensors"
+            path = self.out / "vectors" / f"{self.artifact_name(trait)}.safetensors"
             if path.is_file():
                 self._vectors[trait] = SteeringVector.load(path, self.model)
             else:
@@ -217,6 +235,53 @@ def _atomic(path: Path, save: Any) -> None:
 
 
 def eval_statements(trait: str, limit: int | None) -> tuple[list[str], list[str]]:
-    """Held-out persona statements for scoring (never used to build steering vectors)."""
+    """Held-out persona statements for scoring: the first `limit` of EVAL_STATEMENTS per side (config.py says which
+    ranges everything else reads; none overlaps)."""
     offset, count = EVAL_STATEMENTS
     return statements(trait, min(count, limit) if limit else count, offset=offset)
+
+
+def split_note(count: int, offset: int | None = EVAL_STATEMENTS[0]) -> str:
+    """One sentence for a report: which persona statements were scored, and whether anything else read them.
+
+    `offset` None: records made before the offset was stored, which scored the first statements (0-29), the very
+    ones that chose the default sites and rho.
+    """
+    if offset is None:
+        return (f"Persona statements scored: indices 0-{count - 1} of each side per trait (the split used before "
+                "2026-12-03). These are the statements that chose the default sites and rho "
+                "(experiments/choose_defaults.py): not held out.")
+    uses = "; ".join(f"{lo}-{hi - 1}: {who}" for who, (lo, hi) in STATEMENT_USES.items())
+    clash = [who for who, (lo, hi) in STATEMENT_USES.items() if lo < offset + count and offset < hi]
+    held = (f"held out from everything that chose a default or built a vector ({uses})" if not clash
+            else f"NOT held out: {', '.join(clash)} read them too")
+    return (f"Persona statements scored: indices {offset}-{offset + count - 1} of each side (matching / not matching "
+            f"the high pole) per trait, {held}.")
+
+
+def statement_logprobs(
+    ctx: Context, method: Method, trait: str, limit: int | None, history: Messages = ()
+) -> dict[str, Any]:
+    """Score the held-out statements of `trait` as the reply to ASK after `history`, under `method`.
+
+    Returns the record entry the report's intervals need: `offset` (the first statement's index per side), and
+    per statement its mean per-token log-probability, `matching` (the high pole) and `nonmatching`. The margin
+    (`analysis.statement_margin_of`) is what `methods.runners.statement_margin` returns for the same statements
+    (the same scoring call).
+    """
+    yes, no = eval_statements(trait, limit)
+    conversation = [*history, {"role": "user", "content": ASK}]
+    lps = score_shared(ctx.model, ctx.tokenizer, method, conversation, yes + no, batch_size=2 * ctx.cfg.batch_size)
+    means = [float(lp.mean()) for lp in lps]
+    return {"offset": EVAL_STATEMENTS[0], "matching": means[: len(yes)], "nonmatching": means[len(yes):]}
+
+
+def rounded(values: Any) -> Any:
+    """Per-item values as stored in records: floats rounded to ITEM_DIGITS, lists and dicts recursively."""
+    if isinstance(values, dict):
+        return {k: rounded(v) for k, v in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [rounded(v) for v in values]
+    if isinstance(values, float):
+        return round(values, ITEM_DIGITS)
+    return values

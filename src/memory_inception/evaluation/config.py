@@ -24,6 +24,24 @@ TASK_NAMES = ("bigfive", "bigfive-generation", "dialogue", "persistence", "capab
               "long-memory")
 POLES = ("high", "low")
 ALL_PERSONAS = tuple(f"{t}:{p}" for t in TRAITS for p in POLES)
+STATEMENT_TASKS = ("bigfive", "dialogue", "persistence")  # the tasks that score persona statements
+
+# Persona statements: 500 per side (matching / not matching the high pole) per trait, taken in file order by
+# `datasets.traits.statements(trait, limit, offset)`. Which indices (per side, [start, stop)) each user reads:
+STATEMENT_USES: dict[str, tuple[int, int]] = {
+    # chose the default sites and rho (reports/defaults.md), checked selected vs random sites, and was the
+    # "held-out" set of compare_methods; mi calibrate --trait and quantize_banks.py (first 15) read it too
+    "experiments/choose_defaults.py, select_vs_random.py, compare_methods.py (evaluation), mi calibrate": (0, 30),
+    "experiments/compare_methods.py calibration (chose rho -20 and CAA x6)": (30, 60),
+    "experiments/compare_methods.py CAA vectors (chose CAA layer 15)": (60, 210),
+    "mi eval CAA vectors (CAA_STATEMENT_OFFSET, [caa] pairs = 60)": (60, 120),
+    "experiments/caa_ab_sweep.py persona vectors (128 interleaved pairs)": (0, 64),
+    "experiments/caa_ab_sweep.py persona layer sweep and curve (last 50 interleaved)": (475, 500),
+}
+# The trait judges (evaluation.judges) train on a random 80% of all 1,000 statements, but they only ever score
+# generated replies, never statements, and choose nothing. mi eval scores these, disjoint from every range above:
+EVAL_STATEMENTS = (300, 30)  # offset, count per side
+CAA_STATEMENT_OFFSET = 60  # mi eval's CAA contrast pairs start here ([caa] pairs per side)
 
 @dataclass
 class MIConfig:
@@ -80,6 +98,13 @@ class EvalConfig:
         if self.threads < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise EvaluationError("threads, batch_size and max_new_tokens must be positive")
         _ = self.torch_dtype  # a device that is not there, or an unknown dtype, is refused before any work
+        offset, count = EVAL_STATEMENTS
+        if self.caa.pairs < 1 or CAA_STATEMENT_OFFSET + self.caa.pairs > offset:
+            raise EvaluationError(
+                f"[caa] pairs = {self.caa.pairs}: CAA vectors read statements {CAA_STATEMENT_OFFSET}-"
+                f"{CAA_STATEMENT_OFFSET + self.caa.pairs - 1}, which must be positive in number and end before the "
+                f"scored ones ({offset}-{offset + count - 1}); use at most {offset - CAA_STATEMENT_OFFSET} pairs"
+            )
 
     @property
     def torch_dtype(self) -> Any:
@@ -111,7 +136,9 @@ class EvalConfig:
 
         The dtype is the one the model is loaded in (so `dtype = None` on CUDA is "bfloat16"), recorded only when it
         is not float32: runs made before the key existed were float32 on the CPU, and their stored identities,
-        which lack it, still match a float32 rerun.
+        which lack it, still match a float32 rerun. Tasks that score persona statements also record the held-out
+        split (`statement_split`: offset and count per side, EVAL_STATEMENTS), so results scored on other
+        statements are never resumed.
         """
         data = dataclasses.asdict(self)
         for key in ("limit", "threads", "device", "device_map", "dtype"):
@@ -119,6 +146,8 @@ class EvalConfig:
         dtype = str(self.torch_dtype).removeprefix("torch.")
         if dtype != "float32":
             data["dtype"] = dtype
+        if self.task in STATEMENT_TASKS:
+            data["statement_split"] = list(EVAL_STATEMENTS)
         return json.loads(json.dumps(data))
 
 
@@ -152,8 +181,13 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EvalConfig:
 
 
 def from_dict(data: dict[str, Any]) -> EvalConfig:
-    """Build a config, naming any unknown key and the allowed ones."""
+    """Build a config, naming any unknown key and the allowed ones.
+
+    A stored identity's `statement_split` is derived (`EvalConfig.identity` records the current one), so it is
+    dropped here; a stored split that differs from the current one then shows as a difference on resume.
+    """
     data = dict(data)
+    data.pop("statement_split", None)
     sections = {"mi": MIConfig, "caa": CAAConfig}
     for name, cls in sections.items():
         if name in data:

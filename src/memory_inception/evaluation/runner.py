@@ -71,6 +71,58 @@ def check_config(out: Path, cfg: EvalConfig) -> None:
     path.write_text(json.dumps({"config": identity, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
 
 
+def identity_diff(stored: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """The keys in which two stored identities differ; a section (`options`, `mi`, `caa`) by its own keys, as
+    `options.lengths`, so that a carry-over can name exactly which option changed."""
+    diff = []
+    for key in sorted(set(stored) | set(identity)):
+        old, new = stored.get(key), identity.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            diff += [f"{key}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        else:
+            diff.append(key)
+    return diff
+
+
+def carry_over(task: Task, cfg: EvalConfig, out: str | Path, *, differs_in: tuple[str, ...] = ("statement_split",)) -> int:
+    """Start a rerun of `cfg` in `out` from the run already there, keeping the records that do not depend on what
+    changed; returns how many were kept.
+
+    The stored configuration may differ from `cfg` only in the keys `differs_in` (by default the held-out statement
+    split; a key inside a section is named `section.key`, see `identity_diff`); records that `task.unchanged_by(record, differs_in)` accepts stay (marked `carried_from`: the old run's
+    creation time), every other record is dropped, and the configuration is rewritten, so the next `run_task` redoes
+    exactly the dropped units. The old files are replaced atomically.
+    """
+    out = Path(out)
+    path, records_file = config_path(out, cfg.task), records_path(out, cfg.task)
+    if not path.is_file():
+        raise EvaluationError(f"no run of {cfg.task} in {out} to carry over; start it with `mi eval {cfg.task}`")
+    stored = json.loads(path.read_text())
+    identity = cfg.identity()
+    diff = identity_diff(stored["config"], identity)
+    if not diff:
+        log.info("%s already matches this configuration: nothing to carry over", path)
+        return len(read_records(records_file))
+    extra = [k for k in diff if k not in differs_in]
+    if extra:
+        raise EvaluationError(
+            f"{path} differs from this configuration in {', '.join(extra)}, not only in {', '.join(differs_in)}; "
+            "records cannot be carried over: use another --out directory"
+        )
+    created = stored.get("created", "unknown")
+    kept = [{**r, "carried_from": r.get("carried_from", created)}
+            for r in read_records(records_file) if task.unchanged_by(r, tuple(diff))]
+    tmp = records_file.with_name(f".{records_file.name}.{os.getpid()}")
+    tmp.write_text("".join(f"{json.dumps(r)}\n" for r in kept))
+    os.replace(tmp, records_file)
+    path.write_text(json.dumps({"config": identity, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                "carried_over": {"from": created, "records": len(kept), "changed": diff}}, indent=2) + "\n")
+    log.info("%s: kept %d records of the run of %s (changed: %s)", records_file, len(kept), created, ", ".join(diff) or "nothing")
+    return len(kept)
+
+
 def run_task(
     task: Task,
     cfg: EvalConfig,

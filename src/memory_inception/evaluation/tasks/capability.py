@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memory_inception.evaluation.analysis import bars, fmt, nanmean, table
+from memory_inception.errors import EvaluationError
+from memory_inception.evaluation.analysis import bars, fmt, fmt_interval, nanmean, table
 from memory_inception.evaluation.base import Context, Task, Unit
 from memory_inception.evaluation.config import EvalConfig, parse_persona
+from memory_inception.tuning.statistics import Interval, paired_difference
 
 CHUNK = 10  # problems per resumable unit
 
@@ -21,6 +23,15 @@ class CapabilityOptions:
     mmlu: int = 60
     gsm8k_max_new_tokens: int = 256
     mmlu_shots: int = 0
+
+
+def accuracy_change(steered: dict[Any, float], plain: dict[Any, float]) -> Interval:
+    """Accuracy under steering minus plain's on the questions both answered ({question id: 1.0 correct / 0.0}),
+    with its paired bootstrap interval over the questions."""
+    ids = [i for i in plain if i in steered]
+    if not ids:
+        raise EvaluationError("no question was answered both plain and steered; rerun the capability task")
+    return paired_difference([steered[i] for i in ids], [plain[i] for i in ids])
 
 
 class Capability(Task):
@@ -67,21 +78,27 @@ class Capability(Task):
                  "letter with the highest next-token probability. Steered rows use each persona's guidance.", ""]
         acc: dict[tuple[str, str, str], list[int]] = {}
         mass: dict[tuple[str, str, str], list[float]] = {}
+        correct_by: dict[tuple[str, str, str], dict[Any, float]] = {}
         for r in records:
             key = (r["bench"], r["persona"], r["method"])
             c = acc.setdefault(key, [0, 0])
             c[0] += r["correct"]
             c[1] += r["n"]
             mass.setdefault(key, []).extend(row.get("option_mass", float("nan")) for row in r["rows"])
+            correct_by.setdefault(key, {}).update({row["id"]: float(bool(row["correct"])) for row in r["rows"]})
         body, groups = [], {}
         for (bench, persona, method), (correct, n) in sorted(acc.items()):
             plain = acc.get((bench, "none", "plain"))
             a = correct / n if n else float("nan")
-            d = a - plain[0] / plain[1] if plain and plain[1] else float("nan")
-            body.append([bench, persona, method, f"{correct}/{n}", fmt(a), fmt(d, signed=True) if method != "plain" else "",
+            change = ""
+            if method != "plain" and plain and plain[1]:
+                change = fmt_interval(accuracy_change(correct_by[(bench, persona, method)], correct_by[(bench, "none", "plain")]))
+            body.append([bench, persona, method, f"{correct}/{n}", fmt(a), change,
                          fmt(nanmean(mass[(bench, persona, method)]), 2) if bench == "mmlu" else ""])
             groups.setdefault(bench, {})[method] = a
-        parts += [table(["benchmark", "persona", "method", "correct", "accuracy", "change vs plain", "letter mass"], body), ""]
+        parts += [table(["benchmark", "persona", "method", "correct", "accuracy", "change vs plain [95% CI]", "letter mass"], body), "",
+                  "Change vs plain: accuracy difference on the questions both answered, with a paired 95% percentile "
+                  "bootstrap interval over questions (2000 resamples); an interval covering 0 is no measured change.", ""]
         if groups:
             png = bars(groups, out / "capability.png", f"accuracy under steering, {cfg.model}", "accuracy")
             parts += [f"![capability]({png.name})", ""]

@@ -15,12 +15,21 @@ from typing import Any
 from memory_inception.core.storage import prompt_kv_bytes
 from memory_inception.datasets.prompts import open_ended_prompts
 from memory_inception.errors import EvaluationError
-from memory_inception.evaluation.analysis import fmt, lines, nanmean, table
-from memory_inception.evaluation.base import Context, Task, Unit, eval_statements
+from memory_inception.evaluation.analysis import (
+    fmt,
+    fmt_interval,
+    lines,
+    nanmean,
+    paired_margin_shift,
+    statement_margin_of,
+    table,
+)
+from memory_inception.evaluation.base import Context, Task, Unit, rounded, split_note, statement_logprobs
 from memory_inception.evaluation.config import EvalConfig, parse_persona
 from memory_inception.methods.interface import Method, Plain
 from memory_inception.methods.prompting import Prompting
-from memory_inception.methods.runners import ASK, generate, render, score_shared
+from memory_inception.methods.runners import generate, render
+from memory_inception.tuning.statistics import paired_difference
 
 
 def variants(methods: list[str]) -> list[str]:
@@ -38,6 +47,11 @@ def parse_pair(pair: str) -> tuple[str, str]:
     parse_persona(a)
     parse_persona(b)
     return a, b
+
+
+def phase(values: list[list[float]], turns_before: int, after: bool) -> list[float]:
+    """Per-reply values (conversation x turn) of the turns after the shift, or before it, flattened in order."""
+    return [v for row in values for v in (row[turns_before:] if after else row[:turns_before])]
 
 
 def aligned(p_high: float, pole: str) -> float:
@@ -110,17 +124,15 @@ class DialogueShift(Task):
         judge_a = [ctx.judge(ta).score(r) for r in replies]
         judge_b = [ctx.judge(tb).score(r) for r in replies]
         final = self._method(ctx, variant, b)
-        margins = {}
+        margins, logprobs = {}, {}
         for label, (trait, pole) in (("b", (tb, pb)), ("a", (ta, pa))):
-            yes, no = eval_statements(trait, opts.statements)
             sign = 1.0 if pole == "high" else -1.0
-            values = []
-            for conv in visible:
-                lps = score_shared(ctx.model, tok, final, conv + [{"role": "user", "content": ASK}], yes + no,
-                                   batch_size=2 * ctx.cfg.batch_size)
-                means = [float(lp.mean()) for lp in lps]
-                values.append(sign * (sum(means[: len(yes)]) / len(yes) - sum(means[len(yes):]) / len(no)))
-            margins[label] = nanmean(values)
+            entries = [statement_logprobs(ctx, final, trait, opts.statements, history=conv) for conv in visible]
+            margins[label] = nanmean([sign * statement_margin_of(e) for e in entries])
+            # per statement, the mean over conversations (the margin above is linear in these)
+            logprobs[label] = {"offset": entries[0]["offset"], "conversations": len(entries),
+                               **{side: [nanmean(col) for col in zip(*(e[side] for e in entries))]
+                                  for side in ("matching", "nonmatching")}}
         tokens = [len(render(tok, final, conv + [{"role": "user", "content": "x"}])[0]) for conv in visible]
         plain_tokens = [len(render(tok, Plain(), [m for m in conv if m["role"] != "system"] + [{"role": "user", "content": "x"}])[0]) for conv in visible]
         transcript = round(nanmean(tokens))
@@ -132,6 +144,8 @@ class DialogueShift(Task):
             "align_b": [[aligned(p, pb) for p in row] for row in judge_b],
             "margin_b": margins["b"],
             "margin_a": margins["a"],
+            "logprobs_b": rounded(logprobs["b"]),
+            "logprobs_a": rounded(logprobs["a"]),
             "transcript_tokens": transcript,
             "guidance_tokens": transcript - round(nanmean(plain_tokens)),
             "recompute_tokens": recompute,
@@ -146,32 +160,38 @@ class DialogueShift(Task):
                  "the persona's pole on the replies; changes are against the plain model on the same conversations. "
                  "Margins: statement margin toward each persona's pole after the last turn (transcript + a final "
                  "question), against plain. Tokens: the final transcript; 'guidance' = tokens the method added to it; "
-                 "'recomputed' = tokens prefilled again at the shift because the cached prefix changed.", ""]
+                 "'recomputed' = tokens prefilled again at the shift because the cached prefix changed. Intervals: "
+                 "alignment over the replies (conversation x turn, paired with plain's reply to the same prompt), "
+                 "margins over the statements (paired with plain); 95% percentile bootstrap, 2000 resamples. With "
+                 "few replies the alignment intervals are wide: a change whose interval covers 0 is not a shift.", ""]
         pairs = sorted({r["pair"] for r in records}, key=lambda p: [r["pair"] for r in records].index(p))
         for pair in pairs:
             rs = {r["method"]: r for r in records if r["pair"] == pair}
             plain = rs.get("plain")
             body = []
             per_turn: dict[str, tuple[list[int], list[float]]] = {}
+            sign = {side: 1.0 if parse_persona(p)[1] == "high" else -1.0 for side, p in zip("ab", parse_pair(pair))}
             for method, r in rs.items():
                 k = r["turns_before"]
-                pre_a = nanmean([v for row in r["align_a"] for v in row[:k]])
-                post_b = nanmean([v for row in r["align_b"] for v in row[k:]])
-                post_a = nanmean([v for row in r["align_a"] for v in row[k:]])
-                if plain is not None:
-                    pre_a -= nanmean([v for row in plain["align_a"] for v in row[:k]])
-                    post_b -= nanmean([v for row in plain["align_b"] for v in row[k:]])
-                    post_a -= nanmean([v for row in plain["align_a"] for v in row[k:]])
-                mb = r["margin_b"] - (plain["margin_b"] if plain else 0.0)
-                ma = r["margin_a"] - (plain["margin_a"] if plain else 0.0)
-                body.append([method, fmt(pre_a, signed=True), fmt(post_b, signed=True), fmt(post_a, signed=True),
-                             fmt(mb, signed=True), fmt(ma, signed=True), r["transcript_tokens"], r["guidance_tokens"],
+                if method == "plain" or plain is None:
+                    cells = ["" if plain else "n/a"] * 5
+                else:
+                    cells = [fmt_interval(paired_difference(phase(r[key], k, after), phase(plain[key], k, after)))
+                             for key, after in (("align_a", False), ("align_b", True), ("align_a", True))]
+                    cells += [fmt_interval(paired_margin_shift(plain[f"logprobs_{side}"], r[f"logprobs_{side}"], sign[side]))
+                              if f"logprobs_{side}" in r and f"logprobs_{side}" in plain else
+                              fmt(r[f"margin_{side}"] - plain[f"margin_{side}"], signed=True) + " (no interval)"
+                              for side in ("b", "a")]
+                body.append([method, *cells, r["transcript_tokens"], r["guidance_tokens"],
                              r["recompute_tokens"], f"{r['cache_bytes']:,}", f"{r['stored_bytes']:,}"])
                 turns = len(r["align_b"][0])
                 ys = [nanmean([row[t] for row in r["align_b"]]) - (nanmean([row[t] for row in plain["align_b"]]) if plain else 0.0)
                       for t in range(turns)]
                 per_turn[method] = (list(range(1, turns + 1)), ys)
+            first = next(iter(rs.values()))
             parts += [f"### {pair.replace('>', ' → ')}", "",
+                      split_note(len(first.get("logprobs_b", {}).get("matching", [])) or self.options(cfg).statements,
+                                 first.get("logprobs_b", {}).get("offset")), "",
                       table(["method", "A before shift", "B after shift", "A leaking after shift", "margin B", "margin A",
                              "transcript tokens", "guidance tokens", "recomputed at shift", "transcript KV bytes", "stored bytes"], body), ""]
             name = "dialogue_" + pair.replace(":", "-").replace(">", "_to_") + ".png"

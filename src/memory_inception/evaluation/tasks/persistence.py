@@ -6,18 +6,22 @@ puts its guidance before the history (where it was given); MI and CAA carry it o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from memory_inception.datasets.prompts import open_ended_prompts
-from memory_inception.evaluation.analysis import fmt, lines, nanmean, table
-from memory_inception.evaluation.base import Context, Task, Unit, eval_statements
+from memory_inception.evaluation.analysis import fmt, fmt_interval, lines, nanmean, statement_margin_of, table
+from memory_inception.evaluation.base import Context, Task, Unit, rounded, split_note, statement_logprobs
 from memory_inception.evaluation.config import EvalConfig, parse_persona
 from memory_inception.evaluation.runner import read_records, records_path
 from memory_inception.methods.interface import Plain
-from memory_inception.methods.runners import ASK, generate, render, score_shared
+from memory_inception.methods.runners import ASK, generate, render
+from memory_inception.tuning.statistics import Interval, bootstrap
 
 PROBE = "Describe how you like to spend a free evening."
 
@@ -53,6 +57,26 @@ def cut(tokenizer: Any, turns: list[list[str]], length: int) -> tuple[list[dict[
     return best
 
 
+def margin_control(rs: list[dict[str, Any]], plain: dict[tuple[str, int], dict[str, Any]], length: int) -> Interval:
+    """Mean over personas of the statement margin toward the pole minus plain's at the same history, with its
+    paired bootstrap interval over the statements (each persona's own, resampled on their own)."""
+    if not all("logprobs" in r and "logprobs" in plain[(r["persona"], length)] for r in rs):
+        value = nanmean([r["margin"] - plain[(r["persona"], length)]["margin"] for r in rs])
+        return Interval(value, math.nan, math.nan)  # records without per-statement values: no interval
+    groups, signs = [], []
+    for r in rs:
+        base = plain[(r["persona"], length)]["logprobs"]
+        signs.append(1.0 if parse_persona(r["persona"])[1] == "high" else -1.0)
+        groups += [np.stack([np.asarray(base[side], float), np.asarray(r["logprobs"][side], float)], 1)
+                   for side in ("matching", "nonmatching")]
+
+    def stat(*g: np.ndarray) -> float:
+        return float(np.mean([s * ((g[2 * i][:, 1] - g[2 * i][:, 0]).mean() - (g[2 * i + 1][:, 1] - g[2 * i + 1][:, 0]).mean())
+                              for i, s in enumerate(signs)]))
+
+    return bootstrap(stat, *groups)
+
+
 class Persistence(Task):
     name = "persistence"
     summary = "Guidance after a long neutral history (>= 2k tokens): persistence curve per method"
@@ -82,14 +106,12 @@ class Persistence(Task):
         trait, pole = parse_persona(f["persona"])
         method = ctx.method(f["method"], f["persona"])
         msgs, tokens = cut(ctx.tokenizer, history["turns"], f["length"])
-        yes, no = eval_statements(trait, opts.statements)
-        lps = score_shared(ctx.model, ctx.tokenizer, method, msgs + [{"role": "user", "content": ASK}], yes + no,
-                           batch_size=2 * ctx.cfg.batch_size)
-        means = [float(lp.mean()) for lp in lps]
+        entry = statement_logprobs(ctx, method, trait, opts.statements, history=msgs)
         sign = 1.0 if pole == "high" else -1.0
         result: dict[str, Any] = {
             "history_tokens": tokens,
-            "margin": sign * (sum(means[: len(yes)]) / len(yes) - sum(means[len(yes):]) / len(no)),
+            "margin": sign * statement_margin_of(entry),  # toward the pole
+            "logprobs": rounded(entry),
         }
         if opts.probe:
             ctx.seed()
@@ -98,6 +120,11 @@ class Persistence(Task):
             p = ctx.judge(trait).score([reply])[0]
             result |= {"reply": reply, "judge_pole": p if pole == "high" else 1.0 - p}
         return result
+
+    def unchanged_by(self, record: dict[str, Any], changed: tuple[str, ...]) -> bool:
+        """The history (the plain model's replies) reads no persona statements and no history length: a new split,
+        other lengths or another statement count leave it as it is."""
+        return set(changed) <= {"statement_split", "options.lengths", "options.statements"} and record.get("kind") == "history"
 
     def report(self, records: list[dict[str, Any]], cfg: EvalConfig, out: Path) -> str:
         points = [r for r in records if r.get("kind") == "point"]
@@ -117,14 +144,22 @@ class Persistence(Task):
                 rs = [r for r in points if r["method"] == method and r["length"] == length and (r["persona"], length) in plain]
                 if not rs:
                     continue
-                control = nanmean([r["margin"] - plain[(r["persona"], length)]["margin"] for r in rs])
+                control = margin_control(rs, plain, length)
                 judged = nanmean([r.get("judge_pole", float("nan")) - plain[(r["persona"], length)].get("judge_pole", float("nan")) for r in rs])
                 tokens = nanmean([r["history_tokens"] for r in rs])
                 xs.append(tokens)
                 ys.append(control)
-                body.append([method, length, round(tokens), fmt(control, signed=True), fmt(judged, signed=True), len(rs)])
+                body.append([method, length, round(tokens), fmt_interval(control), fmt(judged, signed=True), len(rs)])
+                ys[-1] = control.estimate
             series[method] = (xs, ys)
-        parts += [table(["method", "history budget", "history tokens (actual)", "margin control", "judge control", "personas"], body), ""]
+        first = points[0] if points else {}
+        parts += [split_note(len(first.get("logprobs", {}).get("matching", [])) or self.options(cfg).statements,
+                             first.get("logprobs", {}).get("offset")), "",
+                  table(["method", "history budget", "history tokens (actual)", "margin control [95% CI]",
+                         "judge control (one reply)", "personas"], body), "",
+                  "Margin control intervals: 95% percentile bootstrap over the statements of each persona (2000 "
+                  "resamples), paired with plain at the same history; the judge control rests on one reply per "
+                  "persona and has none.", ""]
         if series:
             png = lines(series, out / "persistence.png", f"persistence of the guidance, {cfg.model}",
                         "history tokens before the question", "statement margin toward the pole − plain")
