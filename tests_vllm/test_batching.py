@@ -143,7 +143,8 @@ def test_batched_operator_equals_the_explicit_operator_per_request_on_every_shar
                 before = output.clone()
                 work = step.layer(layer)
                 if work is not None:
-                    steer_layer(work, lambda members, g, layer=layer: Stacked(*stack_banks(members, layer, g)),
+                    steer_layer(work, lambda rows, g, layer=layer: Stacked(*stack_banks(
+                        [local[layer] for local in rows.locals], layer, g)),
                                 pool, layer, query, key, output, scale)
                 expected = torch.stack([want[i, layer, p][heads] for i, p in idx])
                 torch.testing.assert_close(output, expected, atol=2e-5, rtol=1e-5)

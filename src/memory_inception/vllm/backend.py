@@ -44,7 +44,7 @@ class MIAttentionImpl(CPUAttentionBackendImpl):
         if self.sliding_window > 0 or self.alibi_slopes is not None or self.logits_soft_cap or self.sinks is not None:
             raise SteeringError("the vLLM plugin steers layers without sliding windows, ALiBi, soft caps or sinks")
         WORKER.shard.check(query.shape[1], key.shape[1])
-        steer_layer(work, lambda members, g: WORKER.stacked(index, members, g), WORKER.pool, index, query, key,
+        steer_layer(work, lambda rows, g: WORKER.stacked(index, rows, g), WORKER.pool, index, query, key,
                     output, self.scale)
         return out
 

@@ -71,6 +71,8 @@ class Rows:
     cos: torch.Tensor  # [n, 1, R, d]: the inverse RoPE tables of the rows' positions
     sin: torch.Tensor
     valid: torch.Tensor | None  # flat indices of the real (not repeated) rows; None: every row is real
+    locals: tuple[dict, ...] = ()  # the members' `RequestState.local` (shared by requests with equal settings)
+    identity: tuple[int, ...] = ()  # their ids: with the layer, the key of the stacked banks
     grouped_log_n: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def log_n_for(self, group_size: int) -> torch.Tensor:
@@ -103,6 +105,11 @@ class StepPlan:
         self.dtype = dtype
         self._layers: dict[int, LayerWork | None] = {}
         self._works: dict[tuple[int, ...], LayerWork] = {}
+        chosen: dict[int, list[int]] = {}  # site layer -> the members that steer it on this rank
+        for i, m in enumerate(members):
+            for layer in m.state.local:
+                chosen.setdefault(layer, []).append(i)
+        self._chosen = {layer: tuple(found) for layer, found in chosen.items()}
 
     @classmethod
     def build(cls, rows: list[Any], starts: list[int], seq_lens: list[int], checkpoint: Any,
@@ -123,7 +130,7 @@ class StepPlan:
     def layer(self, index: int) -> LayerWork | None:
         """The work of site layer `index` (None: no request of this forward steers it on this rank)."""
         if index not in self._layers:
-            chosen = tuple(i for i, m in enumerate(self.members) if index in m.state.local)
+            chosen = self._chosen.get(index)
             work = None
             if chosen:
                 work = self._works.get(chosen)
@@ -170,6 +177,7 @@ class StepPlan:
             mask=mask, log_n=(pos + 1).to(self.dtype).log().view(n, 1, width, 1),
             cos=cos.view(n, 1, width, -1), sin=sin.view(n, 1, width, -1),
             valid=None if len(valid) == n * width else torch.tensor(valid),
+            locals=tuple(m.state.local for m in members), identity=tuple(id(m.state.local) for m in members),
         )
 
 
@@ -200,8 +208,8 @@ def prompt_lse(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | Non
 def steer_layer(work: LayerWork, stacked_for, pool: KeyPool, layer: int, query: torch.Tensor, key: torch.Tensor,
                 output: torch.Tensor, scale: float) -> None:
     """Write this layer's new keys to the pool, then overwrite the steered rows' steered heads of `output` with the
-    operator: every steered request of the batch in one call. `stacked_for(members, group_size)` gives the stacked
-    banks. query / output `[T, H, d]`, key `[T, H_kv, d]` (this rank's heads)."""
+    operator: every steered request of the batch in one call. `stacked_for(rows, group_size)` gives the stacked
+    banks of `rows.locals` at this layer. query / output `[T, H, d]`, key `[T, H_kv, d]` (this rank's heads)."""
     pool.write(layer, work.write_slots, work.write_positions, key.index_select(0, work.write_tokens),
                work.num_slots, work.length)
     rows = work.steer
@@ -218,7 +226,7 @@ def steer_layer(work: LayerWork, stacked_for, pool: KeyPool, layer: int, query: 
     folded = (n, num_kv, g * width, dim)  # each KV head's query heads folded into rows
     keys = pool.read(layer, rows.slots, rows.length)
     lse = prompt_lse(q.reshape(folded), keys, rows.mask, scale, g, width)
-    banks = stacked_for([m.state.local[layer] for m in rows.members], g)
+    banks = stacked_for(rows, g)
     log_n = rows.log_n_for(g)
     if banks.normalize is not None:
         log_n = log_n * banks.normalize

@@ -21,7 +21,7 @@ import torch
 from memory_inception.core.plan import LayerPlan, plan_layers
 from memory_inception.errors import MemoryInceptionError, SteeringError
 from memory_inception.vllm.bankdir import BankDirectory
-from memory_inception.vllm.batching import Stacked, StepPlan, steered_positions
+from memory_inception.vllm.batching import Rows, Stacked, StepPlan, steered_positions
 from memory_inception.vllm.checkpoint import Checkpoint
 from memory_inception.vllm.keypool import KeyPool
 from memory_inception.vllm.shard import LocalBanks, Shard, local_banks, stack_banks
@@ -80,7 +80,7 @@ class WorkerRegistry:
         self.steered_rows = 0  # rows of the batch that are steered (on any rank)
         self._shard: Shard | None = None
         self._plans: OrderedDict[str, tuple[dict[int, LayerPlan], dict[int, LocalBanks]]] = OrderedDict()
-        self._stacks: OrderedDict[tuple, tuple[list[LocalBanks], Stacked]] = OrderedDict()
+        self._stacks: OrderedDict[tuple, tuple[tuple[dict, ...], Stacked]] = OrderedDict()
         self._step: tuple[Any, StepPlan] | None = None
 
     # ---- configuration (once per worker) -------------------------------------------------------------
@@ -204,15 +204,16 @@ class WorkerRegistry:
         self._step = (attn_metadata, step)
         return step
 
-    def stacked(self, layer: int, members: list[LocalBanks], group_size: int) -> Stacked:
-        """`stack_banks` of these requests' banks at `layer`, cached while the same requests keep being steered."""
-        key = (layer, group_size, *map(id, members))
+    def stacked(self, layer: int, rows: Rows, group_size: int) -> Stacked:
+        """`stack_banks` of the banks of `rows`' requests at `layer`, cached per layer and sequence of settings
+        (requests with equal settings share their `local` banks, so a batch of the same mix hits the cache)."""
+        key = (layer, group_size, rows.identity)
         hit = self._stacks.get(key)
         if hit is not None:
             self._stacks.move_to_end(key)
             return hit[1]
-        stacked = Stacked(*stack_banks(members, layer, group_size))
-        self._stacks[key] = (members, stacked)  # the members are held, so their ids stay theirs
+        stacked = Stacked(*stack_banks([local[layer] for local in rows.locals], layer, group_size))
+        self._stacks[key] = (rows.locals, stacked)  # the banks are held, so their ids stay theirs
         while len(self._stacks) > MAX_STACKS:
             self._stacks.popitem(last=False)
         return stacked
