@@ -265,13 +265,13 @@ def tune(
     if not candidates or not rhos:
         raise SteeringError("tune needs at least one candidate site set and one strength")
     layers = sorted({layer for _, s in candidates for layer in s.heads})
-    target_bank = _full_bank(model, tokenizer, build_bank(model, tokenizer, target, layers="all")
+    target_bank = _full_bank(model, tokenizer, build_bank(model, tokenizer, target, layers=layers)
                              if isinstance(target, str) else target, layers)
     if not target_bank.text:
         raise SteeringError(f"bank {target_bank.name!r} has no text; tune reads the bank's text (build it from text)")
     reference_bank = None
     if reference is not None:
-        reference_bank = _full_bank(model, tokenizer, build_bank(model, tokenizer, reference, layers="all")
+        reference_bank = _full_bank(model, tokenizer, build_bank(model, tokenizer, reference, layers=layers)
                                     if isinstance(reference, str) else reference, layers)
         if not reference_bank.text:
             raise SteeringError(f"reference bank {reference_bank.name!r} has no text; build it from text")
