@@ -112,7 +112,8 @@ def run(args) -> dict:
         "model": args.model or "smollm2-135m-instruct", "fingerprint": fp, "threads": args.threads, "commit": commit,
         "split": SPLIT_DECIDED, "statements": args.statements, "prompts": args.prompts, "tokens": args.tokens,
         "tune_budget_s": args.budget, "defaults": {"layers": list(d.layers), "rho": d.rho,
-                                                   "kv_groups": [list(u) for u in d.kv_groups or ()], "caa_layer": d.caa_layer,
+                                                   "kv_groups": [list(u) for u in d.kv_groups or ()],
+                                                   "caa_layer": d.caa_layer,
                                                    "caa_multiplier": d.caa_multiplier, "source": d.source},
     })
     if "plain_fluency" not in payload:
@@ -161,7 +162,8 @@ def run(args) -> dict:
             lo = [np.array(x) for x in per_pole["low"]["methods"][name]["lps"]]
             stats[name] = trait_stats(plain, tuple(h), tuple(lo))
         payload["traits"][trait] = {"plain_lps": [plain[0].tolist(), plain[1].tolist()], "poles": per_pole,
-                                    "stats": stats, "seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0}
+                                    "stats": stats, "seconds": time.time() - t0,
+                                    "cpu_seconds": time.process_time() - c0}
         payload["seconds"] = payload.get("seconds_before", 0.0) + time.time() - started
         payload["cpu_seconds"] = payload.get("cpu_before", 0.0) + time.process_time() - cpu_started
         out_path.write_text(json.dumps(payload, indent=1))
@@ -189,6 +191,11 @@ def summary(payload: dict) -> dict:
     return rows
 
 
+def heads_of(defaults: dict) -> str:
+    groups = sorted({g for _, g in defaults["kv_groups"]})
+    return f"KV group {','.join(map(str, groups))}" if groups else "every head"
+
+
 def write_markdown(payloads: list[dict], out: str) -> None:
     lines = [
         "# mi.tune on held-out persona traits: plain, prompting, CAA, MI defaults, MI tuned",
@@ -212,7 +219,7 @@ def write_markdown(payloads: list[dict], out: str) -> None:
             "",
             f"{len(p['traits'])} traits ({', '.join(p['traits'])}), {p['statements']} statements per side, "
             f"{p['prompts']} prompts x {p['tokens']} tokens; defaults: layers {p['defaults']['layers'][0]}-"
-            f"{p['defaults']['layers'][-1]} ({'KV group ' + ','.join(sorted({str(g) for _, g in p['defaults']['kv_groups']})) if p['defaults']['kv_groups'] else 'every head'}), rho {p['defaults']['rho']:g}; CAA layer "
+            f"{p['defaults']['layers'][-1]} ({heads_of(p['defaults'])}), rho {p['defaults']['rho']:g}; CAA layer "
             f"{p['defaults']['caa_layer']} x{p['defaults']['caa_multiplier']:g}; mi.tune budget "
             f"{p['tune_budget_s']:g} s. {p['threads']} thread, commit {p['commit']}, fp32 CPU; run "
             f"{p['seconds'] / 60:.1f} min wall, {p['cpu_seconds'] / 60:.1f} CPU-min (shared machine).",
