@@ -122,9 +122,10 @@ class Persistence(Task):
         return result
 
     def unchanged_by(self, record: dict[str, Any], changed: tuple[str, ...]) -> bool:
-        """The history (the plain model's replies) reads no persona statements and no history length: a new split,
-        other lengths or another statement count leave it as it is."""
-        return set(changed) <= {"statement_split", "options.lengths", "options.statements"} and record.get("kind") == "history"
+        """The history (the plain model's replies) reads no persona statements, lengths or personas: a new split,
+        other lengths, personas or statement count leave it as it is."""
+        kept = {"statement_split", "options.lengths", "options.statements", "options.personas"}
+        return set(changed) <= kept and record.get("kind") == "history"
 
     def report(self, records: list[dict[str, Any]], cfg: EvalConfig, out: Path) -> str:
         points = [r for r in records if r.get("kind") == "point"]

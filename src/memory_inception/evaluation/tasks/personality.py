@@ -285,7 +285,8 @@ class BigFiveSelfReport(Task):
             parts += [f"![control vs drift]({png.name})", ""]
         parts.append(
             "Control: change of the target trait from plain, signed so that toward the pole is positive; drift: mean "
-            "absolute change of the other four traits (never below 0, so its interval says how large, not whether). "
+            "absolute change of the other four traits (never below 0, so its interval says how large, not whether; the "
+            "bootstrap of an absolute value is biased upward, so that interval can lie above the point estimate). "
             + MOVED_RULE
         )
         return "\n".join(parts)
