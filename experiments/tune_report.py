@@ -233,6 +233,22 @@ def write_markdown(payloads: list[dict], out: str) -> None:
             lines.append(f"| {name} | {r['poles_right']}/{r['poles']} | {r['both_right']}/{r['poles'] // 2} | "
                          f"{r['separation']:+.3f} | {r['separated']}/{r['poles'] // 2} | {r['common_mode']:+.3f} | "
                          f"{r['repetition']:.3f} | {r['distinct2']:.2f} |")
+        tuned, prompting = s["mi tuned"], s["prompting"]
+        cpu = [t["poles"][q]["tuning"]["cpu_seconds"] for t in p["traits"].values() for q in ("high", "low")]
+        checks = [
+            ("MI tuned moves at least as many poles the right way as prompting",
+             f"{tuned['poles_right']} vs {prompting['poles_right']}", tuned["poles_right"] >= prompting["poles_right"]),
+            ("MI tuned separates the poles at least 0.8x as far as prompting",
+             f"{tuned['separation']:+.3f} vs 0.8 x {prompting['separation']:+.3f}",
+             tuned["separation"] >= 0.8 * prompting["separation"]),
+            ("MI tuned's repeated 3-gram rate within +0.05 of plain",
+             f"{tuned['repetition']:.3f} vs {plain['repetition']:.3f} + 0.05",
+             tuned["repetition"] <= plain["repetition"] + 0.05),
+            ("mi.tune within 120 s (CPU seconds at 1 thread)",
+             f"max {max(cpu):.0f} s, median {np.median(cpu):.0f} s", max(cpu) <= 120.5),
+        ]
+        lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {what} | {measured} | {'yes' if ok else '**no**'} |" for what, measured, ok in checks]
         lines += ["", "Per trait (shift of each pole, separation, common mode; 95% intervals):", "",
                   "| trait | method | high-pole shift | low-pole shift | separation | common mode |",
                   "|---|---|---|---|---|---|"]
