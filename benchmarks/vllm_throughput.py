@@ -1,9 +1,13 @@
-"""Throughput of vLLM with the Memory Inception plugin against the transformers path, side by side.
+"""Throughput of vLLM with the Memory Inception plugin, with and without banks, against the transformers path.
 
-Tokens per second (generated tokens / wall time) at batch 1 and 16, with and without a bank, greedy, every
-request generating exactly --tokens tokens. vLLM runs its worker on one core (its default); transformers gets one
-torch thread. Configurations are measured interleaved (round after round), so a load change hits both engines
-alike; the report gives the median of the rounds and the machine's load. Run with .venv-vllm:
+Tokens per second (generated tokens / wall time) at batch 1, 16 and 64, tensor parallelism 1 and 2, with and
+without a bank, greedy, every request generating exactly --tokens tokens (EOS ignored). One vLLM engine per
+tensor-parallel size, its CPU workers bound to named cores (VLLM_CPU_OMP_THREADS_BIND: TP 1 on one core, TP 2 on
+one core per rank), usage telemetry off; transformers (`methods.generate`, left-padded batches) with as many torch
+threads as the vLLM engine it is compared with has cores. Every configuration is warmed up (a short generation of
+its own batch and steering), then each round runs every configuration back to back; a ratio is the median of the
+per-round ratios with their min and max (benchmarks/pairing.py), a throughput the median of the rounds.
+Run with .venv-vllm:
 
     make bench-vllm        # writes reports/vllm_throughput.md and .json
 """
@@ -13,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,53 +25,38 @@ from pathlib import Path
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # vLLM's usage telemetry off (also set by `make bench-vllm`)
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from pairing import environment, fmt, paired
+
 QUESTIONS = [
     "How do I make tea?", "What is rain?", "Name three colours.", "Why is the sky blue?",
     "What should I cook tonight?", "Tell me about cats.", "How do ships float?", "What is a good book?",
     "Describe the moon.", "How do I learn to swim?", "What is music?", "Give me a tip for sleeping well.",
     "What is a volcano?", "How far is the sun?", "Why do leaves fall?", "What makes people happy?",
 ]
+STYLES = ["", "Briefly: ", "For a child: ", "In your own words: "]  # 16 x 4 = 64 distinct prompts
 BANK_TEXT = "You are a pirate captain who talks about the sea, ships and treasure."
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
-
-
-def other_load() -> str:
-    """The busiest processes outside this benchmark's own tree (vLLM's processes are its children)."""
-    import psutil
-
-    me = psutil.Process()
-    ours = {me.pid, *(p.pid for p in me.children(recursive=True))}
-    procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.pid not in ours]
-    for p in procs:
-        try:
-            p.cpu_percent(None)
-        except psutil.Error:
-            pass
-    time.sleep(1.0)
-    rows = []
-    for p in procs:
-        try:
-            cpu = p.cpu_percent(None)
-        except psutil.Error:
-            continue
-        if cpu >= 20:
-            cmd = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])
-            rows.append((cpu, cmd[:60]))
-    rows.sort(reverse=True)
-    return ", ".join(f"{cmd} {cpu:.0f}%" for cpu, cmd in rows[:4]) or "none"
+CORES_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+WARM_TOKENS = 4
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct",
+                        help="a model whose query and KV heads divide by every --tp (SmolLM2-135M's 9 / 3 do not)")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--tp", default="1,2")
+    parser.add_argument("--no-transformers", action="store_true", help="vLLM only")
     parser.add_argument("--out", type=Path, default=REPORTS / "vllm_throughput")
-    parser.add_argument("--compile", action="store_true", help="let vLLM compile the model (default: eager mode)")
     args = parser.parse_args()
+    batches = [int(x) for x in args.batches.split(",")]
+    sizes = [int(x) for x in args.tp.split(",")]
+    cores = sorted(os.sched_getaffinity(0))
 
     import torch
 
-    torch.set_num_threads(1)
     import memory_inception as mi
     from memory_inception.methods.interface import Plain
     from memory_inception.methods.mi import MI
@@ -76,96 +64,129 @@ def main() -> None:
     from memory_inception.vllm import BankUse, MIEngine, RequestSteering
     from memory_inception.vllm.engine import checkpoint_dir
 
-    path = checkpoint_dir(None)
+    path = checkpoint_dir(args.model)
     model, tokenizer = mi.load_model(str(path))
     bank_dir = Path(tempfile.mkdtemp(prefix="mi-bench-banks-"))
-    bank = mi.build_bank(model, tokenizer, BANK_TEXT, name="pirate")
+    bank = mi.build_bank(model, tokenizer, BANK_TEXT, name="pirate")  # at the model's default sites
     bank.save(bank_dir / "pirate.safetensors")
-    engine = MIEngine(bank_dir=bank_dir, enforce_eager=not args.compile)
-    methods = {"plain": (Plain(), None), "bank": (MI(mi.Steering(target=bank)), RequestSteering(banks=(BankUse("pirate"),)))}
-    convs = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    n = args.tokens
+    steerings = {"plain": (Plain(), None), "bank": (MI(mi.Steering(target=bank)), RequestSteering(banks=(BankUse("pirate"),)))}
+    convs = [[{"role": "user", "content": style + q}] for style in STYLES for q in QUESTIONS]
 
-    def run_vllm(batch: int, steering) -> float:
-        started = time.perf_counter()
+    engines, bindings = {}, {}
+    for tp in sizes:  # rank r on the last cores first, so TP 1 leaves core 0 to this process
+        per = max(1, len(cores) // tp)
+        bindings[tp] = "|".join(",".join(map(str, cores[len(cores) - (tp - r) * per :][:per])) for r in range(tp))
+        os.environ[CORES_ENV] = bindings[tp]
+        engines[tp] = MIEngine(args.model, bank_dir=bank_dir, tensor_parallel_size=tp)
+    os.environ.pop(CORES_ENV, None)
+
+    def vllm_run(tp: int, batch: int, steering, tokens: int) -> int:
+        engine = engines[tp]
         if batch == 1:
             for conv in convs[:2]:
-                engine.chat([conv], steering, max_tokens=n, ignore_eos=True)
-            tokens = 2 * n
-        else:
-            out = engine.chat(convs[:batch], steering, max_tokens=n, ignore_eos=True)
-            tokens = sum(len(o.token_ids) for o in out)
-        return tokens / (time.perf_counter() - started)
+                engine.chat([conv], steering, max_tokens=tokens, ignore_eos=True)
+            return 2 * tokens
+        out = engine.chat(convs[:batch], steering, max_tokens=tokens, ignore_eos=True)
+        return sum(len(o.token_ids) for o in out)
 
-    def run_transformers(batch: int, method) -> float:
-        started = time.perf_counter()
-        if batch == 1:
-            for conv in convs[:2]:
-                generate(model, tokenizer, method, [conv], max_new_tokens=n, min_new_tokens=n, batch_size=1)
-            tokens = 2 * n
-        else:
-            generate(model, tokenizer, method, convs[:batch], max_new_tokens=n, min_new_tokens=n, batch_size=batch)
-            tokens = batch * n
-        return tokens / (time.perf_counter() - started)
+    def transformers_run(threads: int, batch: int, method, tokens: int) -> int:
+        torch.set_num_threads(threads)
+        runs = [convs[:1], convs[1:2]] if batch == 1 else [convs[:batch]]
+        for part in runs:
+            generate(model, tokenizer, method, part, max_new_tokens=tokens, min_new_tokens=tokens, batch_size=batch)
+        return sum(len(p) for p in runs) * tokens
 
-    configs = [(batch, kind) for batch in (1, 16) for kind in ("plain", "bank")]
-    run_vllm(1, None), run_transformers(1, Plain())  # warm-up
-    samples: dict[str, list[float]] = {}
-    load = []
-    for _ in range(args.rounds):
-        load.append((os.getloadavg()[0], other_load()))
-        for batch, kind in configs:
-            method, steering = methods[kind]
-            samples.setdefault(f"vllm/{batch}/{kind}", []).append(run_vllm(batch, steering))
-            samples.setdefault(f"transformers/{batch}/{kind}", []).append(run_transformers(batch, method))
-    engine.close()
+    configs = {}
+    for tp in sizes:
+        for batch in batches:
+            for kind, (method, steering) in steerings.items():
+                configs[f"vllm/tp{tp}/{batch}/{kind}"] = (lambda n, tp=tp, b=batch, s=steering: vllm_run(tp, b, s, n))
+                if not args.no_transformers:
+                    configs[f"transformers/threads{tp}/{batch}/{kind}"] = (
+                        lambda n, t=tp, b=batch, m=method: transformers_run(t, b, m, n))
+    for run in configs.values():  # warm-up: every configuration, its own batch and steering
+        run(WARM_TOKENS)
+    seconds: dict[str, list[float]] = {name: [] for name in configs}
+    speed: dict[str, list[float]] = {name: [] for name in configs}
+    loads = []
+    print(f"warmed up {len(configs)} configurations", flush=True)
+    for i in range(args.rounds):
+        loads.append(round(os.getloadavg()[0], 2))
+        order = list(configs.items())
+        for name, run in order if i % 2 == 0 else order[::-1]:  # every other round reversed: drift hits both sides
+            start = time.perf_counter()
+            tokens = run(args.tokens)
+            seconds[name].append(time.perf_counter() - start)
+            speed[name].append(tokens / seconds[name][-1])
+            print(f"round {i + 1}: {name} {speed[name][-1]:.2f} tok/s", flush=True)
+    for engine in engines.values():
+        engine.close()
 
     rows = []
-    for batch, kind in configs:
-        v = statistics.median(samples[f"vllm/{batch}/{kind}"])
-        t = statistics.median(samples[f"transformers/{batch}/{kind}"])
-        rows.append({"batch": batch, "banks": kind == "bank", "vllm_tok_s": round(v, 1),
-                     "transformers_tok_s": round(t, 1), "vllm_over_transformers": round(v / t, 2)})
-    plain = {r["batch"]: r for r in rows if not r["banks"]}
-    for r in rows:
-        if r["banks"]:
-            r["bank_cost_vllm"] = round(r["vllm_tok_s"] / plain[r["batch"]]["vllm_tok_s"], 2)
-            r["bank_cost_transformers"] = round(r["transformers_tok_s"] / plain[r["batch"]]["transformers_tok_s"], 2)
+    for tp in sizes:
+        for batch in batches:
+            row = {"tp": tp, "batch": batch, "worker_cores": bindings[tp]}
+            for kind in steerings:
+                v = f"vllm/tp{tp}/{batch}/{kind}"
+                row[f"vllm_{kind}_tok_s"] = round(statistics.median(speed[v]), 2)
+                if not args.no_transformers:
+                    t = f"transformers/threads{tp}/{batch}/{kind}"
+                    row[f"transformers_{kind}_tok_s"] = round(statistics.median(speed[t]), 2)
+                    row[f"vllm_over_transformers_{kind}"] = paired(seconds[t], seconds[v])
+            row["bank_over_plain_vllm"] = paired(seconds[f"vllm/tp{tp}/{batch}/plain"], seconds[f"vllm/tp{tp}/{batch}/bank"])
+            if not args.no_transformers:
+                row["bank_over_plain_transformers"] = paired(seconds[f"transformers/threads{tp}/{batch}/plain"],
+                                                             seconds[f"transformers/threads{tp}/{batch}/bank"])
+            rows.append(row)
+    geo = engines[sizes[0]].checkpoint.geometry
     result = {
-        "model": "smollm2-135m-instruct (fp32)", "tokens_per_request": n, "rounds": args.rounds,
-        "vllm": f"vllm-cpu, worker on 1 core (vLLM's CPU default), {'compiled' if args.compile else 'eager'}, "
-                "the memory-inception plugin loaded",
-        "transformers": "methods.generate (left-padded batches, KV cache), torch.set_num_threads(1)",
-        "bank": f"one target bank, {bank.num_slots} slots, default sites (all heads of layers 21-26), rho 3",
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-        "load_per_round": [{"loadavg_1min": round(a, 2), "other_busy_processes": b} for a, b in load],
-        "rows": rows, "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()},
+        "model": f"{args.model} (fp32; {geo.num_heads} query / {geo.num_kv_heads} KV heads)",
+        "tokens_per_request": args.tokens, "rounds": args.rounds,
+        "vllm": "vllm-cpu 0.32.0, eager, the memory-inception plugin loaded, usage telemetry off",
+        "transformers": "methods.generate (left-padded batches, KV cache), torch threads = the vLLM engine's cores",
+        "bank": f"one target bank, {bank.num_slots} slots, {default_steering(mi, model, bank)}",
+        "load_per_round": loads, "environment": environment(threads=None),
+        "rows": rows, "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    env = result["environment"]
     lines = [
         "# vLLM plugin vs transformers: throughput", "",
-        f"Made by `benchmarks/vllm_throughput.py` (`make bench-vllm`): {result['model']}, {n} generated tokens per "
-        f"request (EOS ignored), greedy; median of {args.rounds} interleaved rounds.", "",
-        f"- vLLM: {result['vllm']}.", f"- transformers: {result['transformers']}.", f"- bank: {result['bank']}.",
-        "- batch 1: two requests one after the other; batch 16: sixteen requests in one call.",
-        f"- machine: {result['machine']}; 1-minute load average and other busy processes per round: "
-        + "; ".join(f"{x['loadavg_1min']} ({x['other_busy_processes']})" for x in result["load_per_round"]) + ".",
-    ]
-    if any(x["other_busy_processes"] != "none" for x in result["load_per_round"]):
-        lines += ["", "The machine was shared with the processes listed above (another engineer's evaluation runs), so "
-                  "absolute tokens/s are lower than on an idle machine; both engines were measured in the same "
-                  "interleaved rounds, so the ratios compare them under the same load."]
-    lines += [
-        "", "| batch | banks | vLLM tok/s | transformers tok/s | vLLM / transformers | with bank / without (vLLM, transformers) |",
-        "| ---: | :---: | ---: | ---: | ---: | ---: |",
+        (f"Made by `benchmarks/vllm_throughput.py` (`make bench-vllm`) at commit {env['commit']}: {result['model']}, "
+        f"{args.tokens} generated tokens per request (EOS ignored), greedy; {args.rounds} rounds after a warm-up of "
+        "every configuration (each round in the reverse order of the one before); ratios are the median of the "
+        "per-round ratios [min-max], throughputs the median of the rounds."), "",
+        f"- vLLM: {result['vllm']}; worker cores (VLLM_CPU_OMP_THREADS_BIND): "
+        + ", ".join(f"TP {tp} `{bindings[tp]}`" for tp in sizes) + ".",
+        f"- transformers: {result['transformers']}.", f"- bank: {result['bank']}.",
+        "- batch 1: two requests one after the other; batch 16 / 64: that many requests in one call.",
+        (f"- machine: {env['cpu_count']} cores, {env['machine']}, torch {env['torch']}; 1-minute load average at "
+        f"the start of each round: {', '.join(map(str, loads))}."),
+        "", ("| TP | batch | vLLM tok/s (no bank / bank) | bank / no bank, vLLM | transformers tok/s (no bank / bank) "
+        "| bank / no bank, transformers | vLLM / transformers (no bank / bank) |"),
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        cost = f"{r['bank_cost_vllm']}, {r['bank_cost_transformers']}" if r["banks"] else ""
-        lines.append(f"| {r['batch']} | {'yes' if r['banks'] else 'no'} | {r['vllm_tok_s']} | {r['transformers_tok_s']} "
-                     f"| {r['vllm_over_transformers']} | {cost} |")
+        t_speed = t_cost = t_ratio = "-"
+        if not args.no_transformers:
+            t_speed = f"{r['transformers_plain_tok_s']} / {r['transformers_bank_tok_s']}"
+            t_cost = fmt(r["bank_over_plain_transformers"])
+            t_ratio = f"{fmt(r['vllm_over_transformers_plain'])} / {fmt(r['vllm_over_transformers_bank'])}"
+        lines.append(f"| {r['tp']} | {r['batch']} | {r['vllm_plain_tok_s']} / {r['vllm_bank_tok_s']} | "
+                     f"{fmt(r['bank_over_plain_vllm'])} | {t_speed} | {t_cost} | {t_ratio} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def default_steering(mi, model, bank) -> str:
+    """The sites and strength the bank steers with on this model (core/defaults.py), in words."""
+    from memory_inception.core.architecture import geometry, model_fingerprint
+
+    geo = geometry(model)
+    sites, rho = mi.Steering(target=bank).resolved(geo, model_fingerprint(model))
+    layers = sorted(sites.resolve(geo))
+    return f"the model's default sites (all heads of layers {layers[0]}-{layers[-1]}), rho {rho:g}"
 
 
 if __name__ == "__main__":
