@@ -17,7 +17,7 @@ ratios with their min - max, the median tokens/s, threads, commit.
     python benchmarks/memory_decode.py --memory reports/eval/smollm2-memory/banks/memory-100000-...safetensors
 
 `--memory FILE` reads a memory built elsewhere (the long-memory eval keeps its memories in its run directory's
-`banks/`) instead of building one (about 7 ms of one CPU thread per token here: 12 minutes for 10^5).
+`banks/`) instead of building one (roughly 3-4 ms of one CPU thread per token here: about 6 minutes for 10^5).
 """
 
 from __future__ import annotations
