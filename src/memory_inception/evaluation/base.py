@@ -52,6 +52,16 @@ class Task:
     Options: ClassVar[type] = type(None)
     needs_model: ClassVar[bool] = True
 
+    def __init_subclass__(cls, *, name: str | None = None, options: type | None = None, **kwargs: Any) -> None:
+        """`class T(Task, name="t", options=TOptions)`; the summary is the docstring's first paragraph."""
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+        if options is not None:
+            cls.Options = options
+        if "summary" not in cls.__dict__ and cls.__dict__.get("__doc__"):
+            cls.summary = " ".join(cls.__doc__.strip().split("\n\n")[0].split()).rstrip(".")
+
     def options(self, cfg: EvalConfig) -> Any:
         """The task's own settings from `cfg.options`, unknown keys named."""
         allowed = {f.name for f in dataclasses.fields(self.Options)}

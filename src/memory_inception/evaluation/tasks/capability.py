@@ -34,10 +34,8 @@ def accuracy_change(steered: dict[Any, float], plain: dict[Any, float]) -> Inter
     return paired_difference([steered[i] for i in ids], [plain[i] for i in ids])
 
 
-class Capability(Task):
-    name = "capability"
-    summary = "GSM8K and MMLU subsets under each method's steering: accuracy change against plain"
-    Options = CapabilityOptions
+class Capability(Task, name="capability", options=CapabilityOptions):
+    """GSM8K and MMLU subsets under each method's steering: accuracy change against plain."""
 
     def units(self, ctx: Context) -> Iterable[Unit]:
         opts = self.options(ctx.cfg)

@@ -69,10 +69,9 @@ class DialogueOptions:
     source: str = "mt_bench"
 
 
-class DialogueShift(Task):
-    name = "dialogue"
-    summary = "Guidance changes mid-conversation: alignment to the new persona, leakage of the old, transcript and cache growth"
-    Options = DialogueOptions
+class DialogueShift(Task, name="dialogue", options=DialogueOptions):
+    """Guidance changes mid-conversation: alignment to the new persona, leakage of the old, transcript and cache
+    growth."""
 
     def units(self, ctx: Context) -> Iterable[Unit]:
         opts = self.options(ctx.cfg)

@@ -62,10 +62,8 @@ class StorageOptions:
     """No options: the personas and MI sites come from the run's config."""
 
 
-class Storage(Task):
-    name = "storage"
-    summary = "KV bytes each method adds per task, content-matched prompting/MI ratio, local and published model sizes"
-    Options = StorageOptions
+class Storage(Task, name="storage", options=StorageOptions):
+    """KV bytes each method adds per task, content-matched prompting/MI ratio, local and published model sizes."""
 
     def units(self, ctx: Context) -> Iterable[Unit]:
         personas = ctx.cfg.personas[: ctx.cfg.limit] if ctx.cfg.limit else ctx.cfg.personas

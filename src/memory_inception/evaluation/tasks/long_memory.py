@@ -116,10 +116,8 @@ def memory_bank(ctx: Context, opts: LongMemoryOptions, size: int, document: str)
     return bank, False
 
 
-class LongMemory(Task):
-    name = "long-memory"
-    summary = "Facts in a document longer than the context: plain, truncated, retriever and memory bank, 10^3-10^5 slots"
-    Options = LongMemoryOptions
+class LongMemory(Task, name="long-memory", options=LongMemoryOptions):
+    """Facts in a document longer than the context: plain, truncated, retriever and memory bank, 10^3-10^5 slots."""
 
     def units(self, ctx: Context) -> Iterable[Unit]:
         opts = self.options(ctx.cfg)

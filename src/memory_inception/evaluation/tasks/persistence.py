@@ -77,10 +77,8 @@ def margin_control(rs: list[dict[str, Any]], plain: dict[tuple[str, int], dict[s
     return bootstrap(stat, *groups)
 
 
-class Persistence(Task):
-    name = "persistence"
-    summary = "Guidance after a long neutral history (>= 2k tokens): persistence curve per method"
-    Options = PersistenceOptions
+class Persistence(Task, name="persistence", options=PersistenceOptions):
+    """Guidance after a long neutral history (>= 2k tokens): persistence curve per method."""
 
     def units(self, ctx: Context) -> Iterable[Unit]:
         opts = self.options(ctx.cfg)

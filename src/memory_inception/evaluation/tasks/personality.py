@@ -203,10 +203,8 @@ class SelfReportOptions:
     statements: int = 15  # persona statements per side per trait for the margin
 
 
-class BigFiveSelfReport(Task):
-    name = "bigfive"
-    summary = "Big Five self-report: IPIP-NEO-120 Likert (A-E) and persona-statement margins, per trait and pole"
-    Options = SelfReportOptions
+class BigFiveSelfReport(Task, name="bigfive", options=SelfReportOptions):
+    """Big Five self-report: IPIP-NEO-120 Likert (A-E) and persona-statement margins, per trait and pole."""
 
     def units(self, ctx: Context) -> Iterable[Unit]:
         for persona, method in conditions(ctx.cfg):
@@ -299,10 +297,8 @@ class GenerationOptions:
     source: str = "vicuna"  # "vicuna" or "mt_bench" first turns (AlpacaEval is CC BY-NC, not shipped)
 
 
-class BigFiveGeneration(Task):
-    name = "bigfive-generation"
-    summary = "Big Five in open-ended replies: offline trait judges on every trait, fluency, relevance"
-    Options = GenerationOptions
+class BigFiveGeneration(Task, name="bigfive-generation", options=GenerationOptions):
+    """Big Five in open-ended replies: offline trait judges on every trait, fluency, relevance."""
 
     def units(self, ctx: Context) -> Iterable[Unit]:
         yield Unit("judges", {"kind": "judges"})
