@@ -26,8 +26,10 @@ def smollm():
 
 def test_persona_bank_steers_replies_and_leaves_no_trace(smollm):
     model, tok = smollm
-    bank = mi.build_bank(model, tok, PERSONA, name="pirate")
-    steering = mi.Steering(target=bank)  # documented defaults: sites=None (layers 21-26), rho=DEFAULT_RHO
+    bank = mi.build_bank(model, tok, PERSONA, name="pirate", layers=list(range(21, 27)))
+    # every head of layers 21-26 at rho 3 (the defaults before mi.tune): KV group 2 at rho 0, the shipped default,
+    # stays fluent but moves these replies to no pirate word at all (README, Defaults)
+    steering = mi.Steering(target=bank, sites=mi.Sites({layer: None for layer in range(21, 27)}), rho=3.0)
     for prompt in PROMPTS:
         plain = mi.Session(model, tok)
         steered = mi.Session(model, tok, steering)
@@ -82,8 +84,9 @@ def test_qwen_gqa_prefix_oracle_and_restoration():
 def test_default_bank_stores_what_mi_cost_reports(smollm, tmp_path):
     model, tok = smollm
     bank = mi.build_bank(model, tok, PERSONA, name="pirate")
-    assert bank.layers == tuple(range(21, 27))  # the default sites: every head of layers 21-26
-    per_layer = 2 * 3 * bank.num_slots * 64 * 4  # keys and values, 3 KV heads, head_dim 64, fp32
+    assert bank.layers == tuple(range(21, 27))  # the default sites: KV group 2 (query heads 6-8) of layers 21-26
+    assert all(bank.stored_kv_heads(layer) == (2,) for layer in bank.layers)
+    per_layer = 2 * 1 * bank.num_slots * 64 * 4  # keys and values, the 1 KV head the sites read, head_dim 64, fp32
     assert bank.nbytes == 6 * per_layer
     assert mi.MI(mi.Steering(target=bank)).cost(model, tok).stored_bytes == bank.nbytes
     raw = bank.save(tmp_path / "pirate.safetensors").read_bytes()

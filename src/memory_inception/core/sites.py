@@ -77,12 +77,13 @@ class Sites:
 
     @classmethod
     def default(cls, model: nn.Module | ModelGeometry, fingerprint: str | None = None) -> Sites:
-        """The model's default sites (`core.defaults`): its measured layers, else the rule's band, every head."""
+        """The model's default sites (`core.defaults`): its measured layers and KV groups, else the rule's band, every
+        head."""
         if isinstance(model, ModelGeometry):
             geo = model
         else:
             geo, fingerprint = geometry(model), fingerprint or model_fingerprint(model)
-        return cls({layer: None for layer in model_defaults(geo, fingerprint=fingerprint).layers})
+        return cls(model_defaults(geo, fingerprint=fingerprint).site_heads(geo))
 
     @classmethod
     def from_kv_groups(cls, model: nn.Module, groups: Mapping[int, Sequence[int] | None]) -> Sites:

@@ -101,7 +101,7 @@ class Steering:
         elif tuned.get("sites") is not None:
             sites = Sites({int(k): v for k, v in tuned["sites"].items()})
         else:
-            sites = Sites({layer: None for layer in defaults.layers})
+            sites = Sites.default(geo, fingerprint)
         if self.rho is not None:
             rho = self.rho
         elif tuned.get("rho") is not None:

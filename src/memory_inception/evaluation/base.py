@@ -147,7 +147,7 @@ class Context:
                 if bank.text != text:
                     raise EvaluationError(f"{path} holds a bank of different text; delete it to rebuild")
             else:
-                bank = build_bank(self.model, self.tokenizer, text, name=name, pooling=pooling)  # type: ignore[arg-type]
+                bank = build_bank(self.model, self.tokenizer, text, sites=self.sites(), name=name, pooling=pooling)  # type: ignore[arg-type]
                 _atomic(path, bank.save)
             self._banks[key] = bank
         return self._banks[key]
@@ -177,10 +177,13 @@ class Context:
             layer = model_defaults(geometry(self.model), fingerprint=model_fingerprint(self.model)).caa_layer
         return int(layer)
 
-    def sites(self) -> Sites | None:
+    def sites(self) -> Sites:
+        """MI's sites in this run: `[mi] sites`, else every head of the table's layers for the model (where the
+        eval's calibrated rho was measured; `core.defaults.ModelDefaults.eval_rho`), not the library's KV-group default."""
         spec = self.cfg.mi.sites
         if spec is None:
-            return None
+            layers = model_defaults(geometry(self.model), fingerprint=model_fingerprint(self.model)).layers
+            return Sites({layer: None for layer in layers})
         if Path(spec).suffix == ".json":
             if not Path(spec).is_file():
                 raise EvaluationError(f"[mi] sites: no file {spec} (give a selection JSON from `mi select`, or layers like '21-26')")
