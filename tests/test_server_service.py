@@ -292,7 +292,8 @@ def test_logprobs_equal_the_models_own(server, model_and_tok):
 
     # steered: the same memory extension; the reply changes, its logprobs are those of the steered model
     steered = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=8, temperature=0, logprobs=0,
-                                        extra_body={"memory": {"banks": [{"text": PIRATE}], "layers": "21-26", "rho": 3}})
+                                        extra_body={"memory": {"banks": [{"text": PIRATE}], "layers": "21-26",
+                                                               "rho": 3}})
     assert steered.choices[0].text != c.choices[0].text
     assert all(lp <= 0 for lp in steered.choices[0].logprobs.token_logprobs)
 
