@@ -16,7 +16,6 @@ from memory_inception.datasets.latex_spans import (
     split_top_level,
 )
 from memory_inception.datasets.reasoning_problems import hardmath_kinds
-from memory_inception.errors import EvaluationError
 from memory_inception.evaluation.grading.echo import own_candidates, read_question
 from memory_inception.evaluation.grading.equivalence import (
     DEFAULT_RTOL,
@@ -29,7 +28,7 @@ from memory_inception.evaluation.grading.normalize import (
     leading_number,
     prepare,
 )
-from memory_inception.evaluation.grading.outcome import Grade
+from memory_inception.evaluation.grading.outcome import Grade, check_problem
 from memory_inception.evaluation.grading.parsing import sym_key, to_sympy
 from memory_inception.evaluation.grading.timeouts import run_guarded
 
@@ -47,20 +46,10 @@ def grade_hardmath(problem: Problem, response: str | None, *, rtol: float = DEFA
     "timeout" / "error". Raises :class:`~memory_inception.errors.EvaluationError` for a problem that is not a
     HARDMath one or has an unknown kind.
     """
-    _check_problem(problem)
+    check_problem(problem, "hardmath", hardmath_kinds(), "HARDMath kind")
     if not isinstance(response, str) or not response.strip():
         return Grade(False, 0.0, None, "empty or non-text response")
     return run_guarded(lambda: _grade_hardmath(problem, response, rtol), timeout)
-
-
-def _check_problem(problem: Problem) -> None:
-    if getattr(problem, "benchmark", None) != "hardmath":
-        raise EvaluationError(
-            f"grade_hardmath got a problem of benchmark {getattr(problem, 'benchmark', None)!r} "
-            f"({getattr(problem, 'id', '?')}); use grade(), which dispatches on 'hardmath' / 'physics'"
-        )
-    if problem.kind not in hardmath_kinds():
-        raise EvaluationError(f"unknown HARDMath kind {problem.kind!r} ({problem.id}); choose from {hardmath_kinds()}")
 
 
 def _own_parts(problem: Problem, parts: list[str]) -> tuple[list[str], str]:

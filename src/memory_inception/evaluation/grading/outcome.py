@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from memory_inception.errors import EvaluationError
 
 #: What happened when a response was graded. "ok": the verdict is the grader's; "show-that": every listed
 #: answer is printed in the question, so matching it would credit copying (left out, counted apart);
@@ -33,3 +37,14 @@ class Grade:
     def graded(self) -> bool:
         """True when the verdict is the grader's (status "ok"), False for show-that, timeout and error."""
         return self.status == "ok"
+
+
+def check_problem(problem: Any, benchmark: str, kinds: Sequence[str], kind_word: str) -> None:
+    """EvaluationError unless `problem` is one of `benchmark`'s with a kind in `kinds` (named `kind_word`)."""
+    if getattr(problem, "benchmark", None) != benchmark:
+        raise EvaluationError(
+            f"grade_{benchmark} got a problem of benchmark {getattr(problem, 'benchmark', None)!r} "
+            f"({getattr(problem, 'id', '?')}); use grade(), which dispatches on 'hardmath' / 'physics'"
+        )
+    if problem.kind not in kinds:
+        raise EvaluationError(f"unknown {kind_word} {problem.kind!r} ({problem.id}); choose from {kinds}")

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING
 
 from memory_inception.datasets.latex_spans import extract_final_answer
 from memory_inception.datasets.reasoning_problems import physics_subjects
-from memory_inception.errors import EvaluationError
 from memory_inception.evaluation.grading.candidates import candidates, dedupe, final_candidates
 from memory_inception.evaluation.grading.echo import own_candidates, own_text, picked_option, read_question
 from memory_inception.evaluation.grading.equivalence import DEFAULT_RTOL
 from memory_inception.evaluation.grading.matching import Evidence, is_trivial_answer, match_answer
 from memory_inception.evaluation.grading.normalize import prepare, text_key
-from memory_inception.evaluation.grading.outcome import Grade
+from memory_inception.evaluation.grading.outcome import Grade, check_problem
 from memory_inception.evaluation.grading.substitution import definitions, drop_function_args
 from memory_inception.evaluation.grading.timeouts import run_guarded
 
@@ -43,18 +42,8 @@ def grade_physics(
     (:func:`stated_answers`) are not graded; when that is all of them the grade's status is "show-that".
     Raises :class:`~memory_inception.errors.EvaluationError` for a problem that is not a PHYSICS one.
     """
-    _check_problem(problem)
+    check_problem(problem, "physics", physics_subjects(), "PHYSICS subject")
     return run_guarded(lambda: _grade_physics(problem, response, rtol, require_boxed), timeout)
-
-
-def _check_problem(problem: Problem) -> None:
-    if getattr(problem, "benchmark", None) != "physics":
-        raise EvaluationError(
-            f"grade_physics got a problem of benchmark {getattr(problem, 'benchmark', None)!r} "
-            f"({getattr(problem, 'id', '?')}); use grade(), which dispatches on 'hardmath' / 'physics'"
-        )
-    if problem.kind not in physics_subjects():
-        raise EvaluationError(f"unknown PHYSICS subject {problem.kind!r} ({problem.id}); choose from {physics_subjects()}")
 
 
 def stated_answers(problem: Problem, rtol: float = DEFAULT_RTOL) -> tuple[bool, ...]:
