@@ -28,7 +28,6 @@ import os
 import platform
 import pstats
 import statistics
-import subprocess
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -41,6 +40,7 @@ from rich.table import Table
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import memory_inception as mi
+from pairing import library_commit
 
 SITE_LAYERS = tuple(range(21, 27))  # six consecutive layers, all heads (the library default on this model)
 RHO = 3.0  # fixed, so runs on different library versions steer alike (timing does not depend on it)
@@ -368,19 +368,6 @@ def profile_mi(model, tok, bank, new_tokens: int, console: Console) -> dict:
 
 
 # ---- main ---------------------------------------------------------------------------------------------------
-def library_commit() -> str:
-    """The git commit of the checkout that holds the library (with '+dirty' if src/ has local changes)."""
-    root = Path(mi.__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+dirty" if dirty else "")
-
-
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")

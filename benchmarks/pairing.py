@@ -86,17 +86,27 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def environment(threads: int | None = None) -> dict[str, Any]:
-    """What a result depends on: commit, versions, threads, machine, load."""
+def library_commit() -> str:
+    """The git commit of the checkout that holds the imported library ('+dirty' if its src/ has local changes), so a
+    run against another checkout (PYTHONPATH) records that checkout's commit."""
+    import memory_inception
+
+    root = Path(memory_inception.__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"], capture_output=True,
                                text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit, dirty = "unknown", ""
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def environment(threads: int | None = None) -> dict[str, Any]:
+    """What a result depends on: commit, versions, threads, machine, load."""
+    commit = library_commit()
     return {
-        "commit": (commit or "unknown") + ("+dirty" if dirty else ""),
+        "commit": commit,
         "torch": torch.__version__,
         "threads": threads if threads is not None else torch.get_num_threads(),
         "python": platform.python_version(),
