@@ -173,21 +173,19 @@ def create_app(
         ]}
 
     # ---- chat and text completions ------------------------------------------------------------------
+    def respond(call: Any, stream: bool, deadline: Any) -> Any:
+        """A prepared call's reply: one JSON body, or its SSE stream."""
+        return EventResponse(service.stream(call, deadline)) if stream else service.complete(call, deadline)
+
     @app.post("/v1/chat/completions")
     def chat_completions(req: ChatRequest) -> Any:
-        deadline = service.deadline()
-        call = service.prepare_chat(req)
-        if not req.stream:
-            return service.complete(call, deadline)
-        return EventResponse(service.stream(call, deadline))
+        deadline = service.deadline()  # the clock starts at arrival, before preparing
+        return respond(service.prepare_chat(req), req.stream, deadline)
 
     @app.post("/v1/completions")
     def completions(req: CompletionRequest) -> Any:
         deadline = service.deadline()
-        call = service.prepare_completion(req)
-        if not req.stream:
-            return service.complete(call, deadline)
-        return EventResponse(service.stream(call, deadline))
+        return respond(service.prepare_completion(req), req.stream, deadline)
 
     # ---- banks --------------------------------------------------------------------------------------
     @app.post("/v1/banks", status_code=201)
