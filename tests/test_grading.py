@@ -287,6 +287,14 @@ def test_a_table_reference_needs_every_cell() -> None:
     assert not grade_physics(p, r"$$\begin{array}{cc} \vert 0, 0 \rangle & 0 \end{array}$$").correct
 
 
+def test_a_table_reference_ignores_punctuation_cells_but_not_values() -> None:
+    """A ``:`` column in the reference is layout: a markdown table of the same names and values is credited."""
+    p = _physics("\\begin{array}{lcl}\ne & : & -2.0 \\\\\np & : & 5.6 \\\\\n\\pi & : & 0 \\\\\n\\end{array}")
+    table = "| Particle | $e$ | $p$ | $\\pi$ |\n| --- | --- | --- | --- |\n| $g$ | -2.0 | 5.6 | 0 |"
+    assert grade_physics(p, table).correct
+    assert not grade_physics(p, table.replace("5.6", "4.1")).correct  # a wrong value still fails
+
+
 def test_the_integral_restated_is_not_an_answer() -> None:
     """Evaluated numerically, the question's own integral equals the true value: it must not count (seen in a real run)."""
     p = next(x for x in load_hardmath() if x.id == "hardmath/282")
@@ -532,3 +540,25 @@ def test_cross_check_counts_false_positives_and_answer_sharing_pairs() -> None:
     assert pairs == draw_pairs([a, b, c, d], 6, seed=0) and all(p.id != q.id for p, q in pairs) and len(pairs) == 6
     same = draw_pairs([a, b, c, d], None, seed=0, same_kind=True)
     assert len(same) == 4 and all(p.kind == q.kind and p.id != q.id for p, q in same)
+
+
+def test_self_check_sets_errata_aside_and_keeps_the_grade_as_shipped() -> None:
+    from memory_inception.datasets.reasoning_problems import physics_errata
+    from memory_inception.evaluation.grading.audit import self_check
+
+    solution = r"So $v = \sqrt{2 g h}$ and, with a typo, $T = 3 \pi \sqrt{l/g}$."
+    p = Problem(id="t/e", benchmark="physics", kind="mechanics", question="Find v and T.", solution=solution,
+                answers=[r"v = \sqrt{2gh}", r"T = 2\pi \sqrt{l/g}"])
+    [plain] = self_check([p], grade_physics)
+    assert not plain.grade.correct and plain.as_shipped is plain.grade and not plain.set_aside
+    [row] = self_check([p], grade_physics, {"t/e": {1: "3 pi for 2 pi"}})
+    assert row.grade.correct and not row.as_shipped.correct and row.problem is p and not row.all_set_aside
+    [gone] = self_check([p], grade_physics, {"t/e": {0: "x", 1: "y"}})
+    assert gone.all_set_aside and not gone.grade.correct
+    # the shipped errata name real listed answers, and their solutions indeed fail on them as shipped
+    errata = physics_errata()
+    problems = {x.id: x for x in load_physics()}
+    assert len(errata) >= 5 and all(pid in problems for pid in errata)
+    for pid in ("physics/quantum/6040", "physics/electro/1_60"):
+        [r] = self_check([problems[pid]], grade_physics, errata)
+        assert not r.as_shipped.correct and r.set_aside == errata[pid]

@@ -26,6 +26,7 @@ __all__ = [
     "hardmath_kinds",
     "load_hardmath",
     "load_physics",
+    "physics_errata",
     "physics_subjects",
 ]
 
@@ -274,3 +275,27 @@ def load_physics(
     if not text_only:
         logger.info("PHYSICS with figures: the figures are not shipped; %d problems refer to one", len(figures))
     return problems[:limit] if limit is not None else problems
+
+
+@lru_cache(maxsize=1)
+def _physics_errata() -> tuple[tuple[str, int, str], ...]:
+    path = _data_dir("physics") / "errata.json"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["errata"]
+        entries = tuple((str(r["id"]), int(r["answer"]), f"solution: {r['solution']}; listed: {r['listed']}") for r in rows)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read the PHYSICS errata {path}: {exc}; reinstall memory_inception") from exc
+    problems = {p.id: p for p in _physics_all()[0] + _physics_all()[1]}
+    for pid, index, _ in entries:
+        if pid not in problems or not 0 <= index < len(problems[pid].answers):
+            raise DataError(f"PHYSICS errata {path} names answer {index} of {pid!r}, which does not exist; fix the entry")
+    return entries
+
+
+def physics_errata() -> dict[str, dict[int, str]]:
+    """Listed PHYSICS answers that the shipped reference solution does not state (hand-checked; ``data/physics/
+    errata.json``): problem id -> {answer index: what the solution writes instead}. For grader self-checks only."""
+    out: dict[str, dict[int, str]] = {}
+    for pid, index, why in _physics_errata():
+        out.setdefault(pid, {})[index] = why
+    return out

@@ -1,7 +1,8 @@
 """Checks of the graders themselves, on the shipped problems (``experiments/check_graders.py`` reports them).
 
 - :func:`self_check`: each reference solution graded as a reply to its own problem. Measures *misses*: a
-  correct solution the grader fails to credit.
+  correct solution the grader fails to credit. Listed answers that the solution itself does not state (hand-checked
+  errata, ``datasets.reasoning_problems.physics_errata``) are set aside: no grader can miss what is not there.
 - :func:`echo_check`: each question graded as a reply to itself. Measures credit for copying: it should be 0.
 - :func:`cross_check`: each problem graded with *another* problem's reference solution. Measures *false
   positives*: credit for a fluent, on-topic but wrong reply. A pair whose two problems have the same reference
@@ -10,9 +11,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from memory_inception.evaluation.grading.outcome import Grade
@@ -25,12 +28,27 @@ Grader = Callable[["Problem", str], Grade]
 
 @dataclass(frozen=True)
 class Graded:
-    """One problem graded with one text: whose problem, whose text, the grade, the seconds it took."""
+    """One problem graded with one text: whose problem, whose text, the grade, the seconds it took.
+
+    Self-check only: ``set_aside`` names the listed answers left out as errata (index -> why); ``grade`` is then
+    over the others and ``shipped`` is the grade over every listed answer, as the texts ship."""
 
     problem: Problem
     source: Problem
     grade: Grade
     seconds: float
+    set_aside: Mapping[int, str] = field(default_factory=dict)
+    shipped: Grade | None = None
+
+    @property
+    def all_set_aside(self) -> bool:
+        """Every listed answer is an erratum: the solution states none of them, so there is nothing to check."""
+        return bool(self.set_aside) and len(self.set_aside) == len(self.problem.answers)
+
+    @property
+    def as_shipped(self) -> Grade:
+        """The grade over every listed answer (the same as ``grade`` when nothing was set aside)."""
+        return self.shipped or self.grade
 
 
 @dataclass(frozen=True)
@@ -50,9 +68,23 @@ def _timed(grader: Grader, problem: Problem, source: Problem, text: str) -> Grad
     return Graded(problem, source, g, time.perf_counter() - t0)
 
 
-def self_check(problems: list[Problem], grader: Grader) -> list[Graded]:
-    """Each problem graded with its own reference solution."""
-    return [_timed(grader, p, p, p.solution) for p in problems]
+def self_check(problems: list[Problem], grader: Grader, errata: Mapping[str, Mapping[int, str]] | None = None) -> list[Graded]:
+    """Each problem graded with its own reference solution; the listed answers in ``errata`` (id -> {index: why})
+    are set aside, and such a problem is also graded over every listed answer (``Graded.shipped``)."""
+    rows = []
+    for p in problems:
+        wrong = dict((errata or {}).get(p.id, {}))
+        if not wrong:
+            rows.append(_timed(grader, p, p, p.solution))
+            continue
+        shipped = _timed(grader, p, p, p.solution)
+        kept = [a for i, a in enumerate(p.answers) if i not in wrong]
+        if not kept:
+            rows.append(dataclasses.replace(shipped, set_aside=wrong, shipped=shipped.grade))
+            continue
+        row = _timed(grader, dataclasses.replace(p, answers=kept), p, p.solution)
+        rows.append(dataclasses.replace(row, problem=p, set_aside=wrong, shipped=shipped.grade))
+    return rows
 
 
 def echo_check(problems: list[Problem], grader: Grader) -> list[Graded]:

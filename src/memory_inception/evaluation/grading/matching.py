@@ -113,12 +113,14 @@ def _is_condition(part: str) -> bool:
 
 
 def _table_cells(answer: str) -> list[str] | None:
-    """The cells of a reference given as a LaTeX array/tabular (None if it is not one)."""
+    """The cells of a reference given as a LaTeX array/tabular (None if it is not one). Cells of punctuation only
+    (a ``:`` column between names and values) are layout, not content: a reply's table need not repeat them."""
     m = re.search(r"\\begin\{(array|tabular)\}(?:\{[^{}]*\})?(.*?)\\end\{\1\}", answer, re.S)
     if not m:
         return None
     body = re.sub(r"\\hline", " ", m.group(2))
-    return [c.strip() for row in re.split(r"\\\\", body) for c in row.split("&") if c.strip()]
+    cells = [c.strip() for row in re.split(r"\\\\", body) for c in row.split("&") if c.strip()]
+    return [c for c in cells if re.search(r"[A-Za-z0-9\\]", c)]
 
 
 def _match_one(answer: str, ev: Evidence, rtol: float, loose: bool = True) -> tuple[bool, str]:
