@@ -482,6 +482,11 @@ def test_a_new_statement_split_carries_over_only_what_reads_no_statements(tmp_pa
                          pcfg.identity()) == ["options.lengths", "statement_split"]
     assert carry_over(TASKS["persistence"], pcfg, tmp_path / "p", differs_in=("statement_split", "options.lengths")) == 1
     assert [r["unit"] for r in read_records(tmp_path / "p" / "persistence.jsonl")] == ["history"]
+    # more lengths alone keep the points already measured (they depend on their own length only)
+    more = load_config(task="persistence", options={"lengths": [0, 512, 2048]})
+    _stored_run(tmp_path / "q", pcfg, [history, point], statement_split=pcfg.identity()["statement_split"])
+    assert carry_over(TASKS["persistence"], more, tmp_path / "q", differs_in=("options.lengths",)) == 2
+    assert not TASKS["persistence"].unchanged_by(point, ("options.lengths", "statement_split"))
 
 
 def test_cached_banks_and_vectors_are_named_per_dtype(tmp_path, tiny_models, tiny_tokenizer):

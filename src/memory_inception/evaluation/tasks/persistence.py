@@ -121,12 +121,16 @@ class Persistence(Task, name="persistence", options=PersistenceOptions):
 
     def unchanged_by(self, record: dict[str, Any], changed: tuple[str, ...]) -> bool:
         """The history (the plain model's replies) reads no persona statements, lengths or personas: a new split,
-        other lengths, personas or statement count leave it as it is."""
+        other lengths, personas or statement count leave it as it is. A point depends on its own length only, so
+        other lengths alone leave it too (the report reads the configured lengths)."""
+        if record.get("kind") == "point":
+            return set(changed) == {"options.lengths"}
         kept = {"statement_split", "options.lengths", "options.statements", "options.personas"}
         return set(changed) <= kept and record.get("kind") == "history"
 
     def report(self, records: list[dict[str, Any]], cfg: EvalConfig, out: Path) -> str:
-        points = [r for r in records if r.get("kind") == "point"]
+        configured = set(self.options(cfg).lengths)
+        points = [r for r in records if r.get("kind") == "point" and r["length"] in configured]
         plain = {(r["persona"], r["length"]): r for r in points if r["method"] == "plain"}
         methods = [m for m in cfg.methods if m != "plain"]
         lengths = sorted({r["length"] for r in points})
