@@ -89,7 +89,7 @@ def main() -> None:
         f"SmolLM2-135M-Instruct, fp32, CPU, {args.threads} thread(s), commit {env['commit']}, torch {env['torch']}, "
         f"load average at the end {env['load_avg'][0]:.1f} ({env['cpu_count']} CPUs). Bank: {bank.num_slots} slots at "
         f"layers {bank.layers[0]}-{bank.layers[-1]} (the default sites). Every configuration warmed up once, then "
-        f"{args.rounds} interleaved rounds; a ratio is the median of the per-round ratios [min-max]. Made by "
+        f"{args.rounds} interleaved rounds (every other one reversed); a ratio is the median of the per-round ratios [min-max]. Made by "
         "`benchmarks/long_context.py`.",
         "",
         "| configuration | median s | ratio to its unsteered twin | peak RSS over baseline |",

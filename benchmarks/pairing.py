@@ -22,13 +22,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def interleaved(configs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each configuration per round (after one warm-up call of each), configurations interleaved."""
-    for fn in configs.values():
+def interleaved(configs: dict[str, Callable[[], Any]], rounds: int, warm_up: bool = True) -> dict[str, list[float]]:
+    """Seconds of each configuration per round (after one warm-up call of each, unless the caller warmed them up),
+    configurations interleaved, every other round in reverse order (so no configuration always follows the same
+    one, and a drift within a round hits both sides of a pair)."""
+    for fn in configs.values() if warm_up else ():
         fn()
     times: dict[str, list[float]] = {name: [] for name in configs}
-    for _ in range(rounds):
-        for name, fn in configs.items():
+    order = list(configs.items())
+    for i in range(rounds):
+        for name, fn in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
